@@ -1,0 +1,1 @@
+"""The command line, the settings loader and (later) the local cluster launcher."""

@@ -1,0 +1,5 @@
+import sys
+
+from cdn.cli import main
+
+sys.exit(main())

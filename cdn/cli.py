@@ -1,0 +1,110 @@
+"""`cdn`: one command with a subcommand per service.
+
+Every service's flags are generated from its settings model, so `--help` lists
+every setting with its description and default, and a flag always overrides
+the config file and the `CDN_*` environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import types
+import typing
+from typing import Any
+
+from cdn.config import ServiceSettings, SettingsError, env_prefix, load_settings
+
+# subcommand -> (settings class, app factory), imported only when used.
+SERVICES: dict[str, tuple[str, str, str]] = {
+    "edge": ("edge.settings:EdgeSettings", "edge.app:create_app", "run an edge node (caching reverse proxy)"),
+    "origin": ("origin_mock.settings:OriginSettings", "origin_mock.app:create_app", "run the origin mock (a small shop)"),
+}
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _flag_type(annotation: Any) -> tuple[Any, bool]:
+    """The argparse type for a field and whether it is a boolean switch."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if annotation is bool:
+        return None, True
+    if annotation in (int, float, str):
+        return annotation, False
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (list, dict, tuple):
+        return json.loads, False
+    return str, False
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, cls: type[ServiceSettings]) -> None:
+    """One flag per setting, named after it (`max_object_size` -> `--max-object-size`)."""
+    parser.add_argument("--config", metavar="FILE", help=f"TOML file; settings are read from its [{cls.section}] table")
+    prefix = env_prefix(cls)
+    for name, field in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind, is_switch = _flag_type(field.annotation)
+        default = field.get_default(call_default_factory=True)
+        help_text = f"{field.description or ''} (default: {default!r}; env {prefix}{name.upper()})"
+        if is_switch:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            metavar = "JSON" if kind is json.loads else name.upper()
+            parser.add_argument(flag, dest=name, type=kind, default=None, metavar=metavar, help=help_text)
+
+
+def settings_from_args(cls: type[ServiceSettings], args: argparse.Namespace) -> ServiceSettings:
+    overrides = {name: getattr(args, name, None) for name in cls.model_fields}
+    return load_settings(cls, args.config, overrides)
+
+
+def serve(app: Any, host: str, port: int, log_level: str = "warning") -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdn", description="A content delivery network you can run yourself.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (settings_ref, _, summary) in SERVICES.items():
+        service_parser = sub.add_parser(name, help=summary, description=summary)
+        add_settings_flags(service_parser, _load(settings_ref))
+    demo = sub.add_parser("demo", help="run an origin and an edge locally and show a miss, then a hit",
+                          description="Start the origin mock and an edge in front of it on loopback and print how to try them.")
+    demo.add_argument("--origin-port", type=int, default=9000)
+    demo.add_argument("--edge-port", type=int, default=8080)
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "demo":
+            from cdn.demo import run_demo
+
+            return run_demo(args)
+        settings_ref, factory_ref, _ = SERVICES[args.command]
+        settings = settings_from_args(_load(settings_ref), args)
+        app = _load(factory_ref)(settings)
+    except SettingsError as exc:
+        print(f"cdn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    serve(app, settings.host, settings.port, settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

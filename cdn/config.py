@@ -1,0 +1,82 @@
+"""Typed settings for every service: a TOML file section, `CDN_<SERVICE>_*` variables, then flags.
+
+Each service declares one pydantic model; `load_settings` merges the three sources
+(later ones win) and turns any validation failure into a `SettingsError` that names
+the offending setting, so a bad value stops the service at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class SettingsError(ValueError):
+    """A setting is missing, unknown or has a value of the wrong kind."""
+
+
+class ServiceSettings(BaseModel):
+    """Base of every service's settings: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    section: ClassVar[str] = ""
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def env_prefix(cls: type[ServiceSettings]) -> str:
+    return f"CDN_{cls.section.upper().replace('-', '_')}_"
+
+
+def _env_value(raw: str) -> Any:
+    # Lists and tables come as JSON; scalars stay strings for pydantic to coerce.
+    if raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def load_settings(
+    cls: type[S],
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> S:
+    """Build `cls` from the file's `[section]`, then the environment, then `overrides` (None = unset)."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as f:
+                document = tomllib.load(f)
+        except OSError as exc:
+            raise SettingsError(f"config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {config_file}: {exc}") from None
+        section = document.get(cls.section, {})
+        if not isinstance(section, dict):
+            raise SettingsError(f"config file {config_file}: [{cls.section}] must be a table")
+        data.update(section)
+    environ = os.environ if environ is None else environ
+    prefix = env_prefix(cls)
+    for name in cls.model_fields:
+        raw = environ.get(prefix + name.upper())
+        if raw is not None:
+            data[name] = _env_value(raw)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or cls.section
+            problems.append(f"{cls.section}.{where}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

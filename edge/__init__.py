@@ -1,0 +1,1 @@
+"""The edge node: the request path, the cache store, the caching policy."""

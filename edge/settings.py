@@ -1,0 +1,36 @@
+"""Settings of one edge node (`[edge]` in the config file, `CDN_EDGE_*` in the environment)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from cdn.config import ServiceSettings
+
+
+class EdgeSettings(ServiceSettings):
+    section = "edge"
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    origin: str = Field("http://127.0.0.1:9000", description="origin base URL; the edge forwards only there")
+    id: str = Field("edge-1", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="edge id, shown in Cache-Status")
+    region: str = Field("local", description="region name")
+    cache_size: int = Field(256 * 1024 * 1024, gt=0, description="cache capacity in bytes (bodies, headers and bookkeeping)")
+    max_object_size: int = Field(16 * 1024 * 1024, gt=0, description="largest response body stored; larger ones stream through uncached")
+    heuristic_fraction: float = Field(0.1, ge=0, le=1, description="heuristic freshness as a fraction of the time since Last-Modified")
+    heuristic_max: float = Field(86400.0, ge=0, description="upper bound of heuristic freshness, seconds")
+    connect_timeout: float = Field(3.0, gt=0, description="seconds to connect to the origin")
+    origin_timeout: float = Field(30.0, gt=0, description="seconds to wait for the origin's response headers (then 504)")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names accepted (empty: any); others get 400")
+    admin_token: str | None = Field(None, description="bearer token for /_edge/ admin endpoints (unset: admin disabled)")
+    strip_surrogate_headers: bool = Field(True, description="remove CDN-Cache-Control, Surrogate-Control and tag headers before delivery")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="server log level")
+
+    @field_validator("origin")
+    @classmethod
+    def _origin_is_http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
