@@ -65,10 +65,12 @@ def settings_from_args(cls: type[ServiceSettings], args: argparse.Namespace) -> 
     return load_settings(cls, args.config, overrides)
 
 
-def serve(app: Any, host: str, port: int, log_level: str = "warning") -> None:
+def serve(app: Any, host: str, port: int, log_level: str = "warning", proxy: bool = False) -> None:
+    """Run `app` on uvicorn; a proxy keeps its upstream's Date and Server fields instead of adding its own."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                date_header=not proxy, server_header=not proxy)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"cdn {args.command}: {exc}", file=sys.stderr)
         return 2
-    serve(app, settings.host, settings.port, settings.log_level)
+    serve(app, settings.host, settings.port, settings.log_level, proxy=args.command == "edge")
     return 0
 
 

@@ -1,0 +1,104 @@
+"""The edge's local admin endpoints under /_edge/: health, stats and purges (bearer token)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from edge.app import Edge
+
+PURGE_KINDS = ("url", "prefix", "tag", "all")
+MAX_PURGE_VALUES = 256
+MAX_BODY = 64 * 1024
+
+
+def url_key(value: str) -> str:
+    """The store's URL key (host + path?query) for a purge value given as a URL or as host/path."""
+    if "://" in value:
+        parts = urlsplit(value)
+        return parts.netloc.lower() + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host, slash, rest = value.partition("/")
+    return host.lower() + slash + rest
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def build_admin(edge: Edge) -> Starlette:
+    token = edge.settings.admin_token
+
+    def authorised(request: Request) -> JSONResponse | None:
+        if token is None:
+            return _error(403, "admin endpoints are disabled: set admin_token")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return _error(401, "missing bearer token")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(403, "wrong token")
+        return None
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "id": edge.id, "region": edge.settings.region})
+
+    async def stats(request: Request) -> JSONResponse:
+        if (denied := authorised(request)) is not None:
+            return denied
+        return JSONResponse({
+            "id": edge.id,
+            "region": edge.settings.region,
+            "counters": edge.counters,
+            "store": {"objects": len(edge.store), "bytes": edge.store.size, "capacity": edge.store.capacity,
+                      "tags": edge.store.tag_count(), "evictions": edge.store.evictions},
+        })
+
+    async def purge(request: Request) -> JSONResponse:
+        if (denied := authorised(request)) is not None:
+            return denied
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            return _error(413, f"purge body over {MAX_BODY} bytes")
+        try:
+            payload: Any = json.loads(raw or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            return _error(400, "body is not valid JSON")
+        if not isinstance(payload, dict):
+            return _error(400, "body must be a JSON object")
+        kind = payload.get("kind")
+        values = payload.get("values", [])
+        soft = payload.get("soft", False)
+        if kind not in PURGE_KINDS:
+            return _error(422, f"kind must be one of {', '.join(PURGE_KINDS)}")
+        if not isinstance(soft, bool):
+            return _error(422, "soft must be true or false")
+        if not isinstance(values, list) or not all(isinstance(v, str) and v and v.isprintable() for v in values):
+            return _error(422, "values must be a list of non-empty printable strings")
+        if len(values) > MAX_PURGE_VALUES:
+            return _error(422, f"at most {MAX_PURGE_VALUES} values per purge")
+        if kind != "all" and not values:
+            return _error(422, f"a {kind} purge needs at least one value")
+        store = edge.store
+        if kind == "url":
+            count = sum(store.purge_url(url_key(v), soft) for v in values)
+        elif kind == "prefix":
+            count = sum(store.purge_prefix(url_key(v), soft) for v in values)
+        elif kind == "tag":
+            count = store.purge_tags(values, soft)
+        else:
+            count = store.purge_all(soft)
+        edge.count("admin_purge")
+        return JSONResponse({"kind": kind, "soft": soft, "purged": count})
+
+    return Starlette(routes=[
+        Route("/_edge/health", health),
+        Route("/_edge/stats", stats),
+        Route("/_edge/purge", purge, methods=["POST"]),
+    ])

@@ -1,0 +1,517 @@
+"""The edge's request path, read top to bottom like Varnish's built-in VCL.
+
+    receive -> key -> lookup -+- fresh hit ------------------------------> deliver
+                              +- stale, may serve (max-stale, swr) -------> deliver (+ background refresh)
+                              +- must validate -> conditional fetch -> 304: freshen, deliver / else: store, deliver
+                              +- miss -> fetch -> store? -> deliver (streamed while stored)
+                              +- pass (other methods) -> fetch -> invalidate on success -> deliver
+
+Hits are answered by plain ASGI code with header lists prepared when the entry
+was stored; policy decisions come from `edge.policy`, bytes from `edge.store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge import policy as rfc
+from edge.headers import Directives, Headers, format_http_date, normalise_selecting_value, parse_range, parse_vary, surrogate_keys
+from edge.origin import Origin, OriginError, OriginResponse
+from edge.settings import EdgeSettings
+from edge.store import Entry, Store
+
+log = logging.getLogger("cdn.edge")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# Client fields the edge answers itself, so they are not sent on when it fetches to store.
+CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since", "if-range", "range"})
+# Client fields that are the edge's own business, never forwarded.
+NOT_FORWARDED = rfc.HOP_BY_HOP | {"host", "content-length", "surrogate-capability"}
+
+
+class BadRequest(Exception):
+    """A request the edge refuses with 400 before any other work."""
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    method: str
+    target: str  # path and query, as received
+    host: str
+    url: str  # cache key shared by every variant: host + target
+    headers: Headers
+    client: str
+    directives: Directives = field(default=rfc.Directives({}))
+
+    @classmethod
+    def from_scope(cls, scope: Scope, settings: EdgeSettings) -> ClientRequest:
+        headers = Headers.from_raw(scope["headers"])
+        hosts = headers.get_all("host")
+        if len(hosts) > 1:
+            raise BadRequest("more than one Host header")
+        host = (hosts[0] if hosts else "").strip().lower()
+        if not host or any(c in host for c in " /\\@"):
+            raise BadRequest("missing or invalid Host header")
+        if settings.allowed_hosts and host.split(":")[0] not in settings.allowed_hosts:
+            raise BadRequest(f"host {host!r} is not served here")
+        path = scope.get("raw_path") or scope["path"].encode("latin-1")
+        target = path.decode("latin-1")
+        if not target.startswith("/"):
+            raise BadRequest("request target must be a path")
+        query = scope.get("query_string", b"")
+        if query:
+            target += "?" + query.decode("latin-1")
+        client = scope.get("client") or ("", 0)
+        return cls(
+            method=scope["method"],
+            target=target,
+            host=host,
+            url=host + target,
+            headers=headers,
+            client=client[0],
+            directives=rfc.request_directives(headers),
+        )
+
+
+@dataclass(slots=True)
+class Stored:
+    """What the request path keeps beside an entry's body (the store's `Entry.meta`)."""
+
+    status: int
+    headers: Headers  # the stored response's end-to-end fields
+    freshness: rfc.Freshness
+    vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
+    wire: list[tuple[bytes, bytes]]  # delivery fields, prepared once: no Age, Content-Length or targeted fields
+
+
+def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    body = (message.rstrip("\n") + "\n").encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+               (b"cache-control", b"no-store"), *extra]
+    return headers, body
+
+
+class Edge:
+    """The edge node as an ASGI application."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.id = settings.id
+        self.policy = rfc.CachePolicy(
+            device=settings.id,
+            heuristic_fraction=settings.heuristic_fraction,
+            heuristic_max=settings.heuristic_max,
+            cache_set_cookie=settings.cache_set_cookie,
+        )
+        self.store = Store(settings.cache_size, settings.max_object_size)
+        self.origin: Origin | None = None
+        self.refreshing: dict[str, asyncio.Task[None]] = {}
+        self.counters: dict[str, int] = {}
+        self._via = f"1.1 {settings.id}"
+        self._strip = set(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS) if settings.strip_surrogate_headers else set()
+        from edge.admin import build_admin
+
+        self.admin = build_admin(self)
+
+    # -- ASGI -----------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"].startswith("/_edge/"):
+                await self.admin(scope, receive, send)
+            else:
+                await self.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        if self.origin is None:
+            self.origin = Origin(self.settings.origin, self.settings.connect_timeout, self.settings.origin_timeout)
+
+    async def stop(self) -> None:
+        for task in list(self.refreshing.values()):
+            task.cancel()
+        if self.origin is not None:
+            await self.origin.aclose()
+            self.origin = None
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # -- receive --------------------------------------------------------------
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            request = ClientRequest.from_scope(scope, self.settings)
+        except BadRequest as exc:
+            self.count("bad_request")
+            await self.send_error(send, 400, f"bad request: {exc}")
+            return
+        if self.origin is None:
+            await self.start()
+        if request.method in ("GET", "HEAD"):
+            await self.lookup(request, send)
+        else:
+            await self.pass_(request, receive, send)
+
+    # -- lookup ---------------------------------------------------------------
+    def select(self, request: ClientRequest) -> tuple[Entry | None, bool]:
+        """The stored variant this request selects (RFC 9111 §4.1), and whether any variant exists."""
+        variants = self.store.variants(request.url)
+        best: Entry | None = None
+        for entry in variants:
+            meta: Stored = entry.meta
+            if all(normalise_selecting_value(name, request.headers.get_all(name)) == value for name, value in meta.vary):
+                if best is None or meta.freshness.response_time > best.meta.freshness.response_time:
+                    best = entry
+        if best is not None:
+            self.store.touch(best)
+        return best, bool(variants)
+
+    async def lookup(self, request: ClientRequest, send: Send) -> None:
+        entry, had_variants = self.select(request)
+        only_if_cached = "only-if-cached" in request.directives
+        if entry is None:
+            if only_if_cached:
+                await self.send_error(send, 504, "not in cache (only-if-cached)", "fwd=miss")
+                return
+            await self.fetch(request, send, None, "vary-miss" if had_variants else "miss")
+            return
+        now = time.time()
+        decision = rfc.reuse(entry.meta.freshness, request.directives, now, entry.soft_purged)
+        if decision is rfc.Reuse.FRESH:
+            self.count("hit")
+            await self.deliver(request, entry, send, "hit", now)
+        elif decision is rfc.Reuse.STALE_ALLOWED:
+            self.count("hit_stale")
+            await self.deliver(request, entry, send, "hit", now, detail="max-stale")
+        elif decision is rfc.Reuse.STALE_WHILE_REVALIDATE:
+            self.count("hit_stale")
+            self.refresh_in_background(request, entry)
+            await self.deliver(request, entry, send, "hit", now, detail="stale-while-revalidate")
+        elif only_if_cached:
+            await self.send_error(send, 504, "stored response is stale (only-if-cached)", "fwd=stale")
+        else:
+            await self.fetch(request, send, entry, "stale" if not ("no-cache" in request.directives) else "request")
+
+    # -- fetch ----------------------------------------------------------------
+    def forward_headers(self, request: ClientRequest, stale: Entry | None, to_store: bool) -> list[tuple[str, str]]:
+        """The request fields sent to the origin: end-to-end only, plus the proxy's own (RFC 9110 §7.6)."""
+        drop = NOT_FORWARDED | rfc.connection_listed(request.headers)
+        if to_store and stale is not None:
+            drop = drop | CLIENT_CONDITIONALS
+        out = [(k, v) for k, v in request.headers.items if k not in drop and k not in ("via", "x-forwarded-for")]
+        via = ", ".join(request.headers.get_all("via") + [self._via])
+        forwarded_for = ", ".join(request.headers.get_all("x-forwarded-for") + [request.client])
+        out += [("via", via), ("x-forwarded-for", forwarded_for), ("x-forwarded-host", request.host),
+                ("x-forwarded-proto", "http"), ("surrogate-capability", f'{self.id}="Surrogate/1.0"')]
+        if stale is not None and to_store:
+            out += rfc.validators(stale.meta.headers)
+        return out
+
+    async def fetch(self, request: ClientRequest, send: Send, stale: Entry | None, reason: str) -> None:
+        """Miss or revalidation: ask the origin, store what may be stored, deliver."""
+        assert self.origin is not None
+        self.count("miss" if stale is None else "revalidate")
+        headers = self.forward_headers(request, stale, to_store=True)
+        request_time = time.time()
+        try:
+            response = await self.origin.open(request.method, request.target, headers)
+        except OriginError as exc:
+            await self.origin_failed(request, send, stale, exc)
+            return
+        response_time = time.time()
+        try:
+            resp_headers = Headers.from_raw(response.raw_headers)
+            if stale is not None and response.status == 304:
+                await self.freshen(request, send, stale, resp_headers, request_time, response_time)
+                return
+            if stale is not None and response.status >= 500 and rfc.may_serve_stale_on_error(
+                stale.meta.freshness, request.directives, response_time
+            ):
+                self.count("stale_if_error")
+                await self.deliver(request, stale, send, "hit", response_time, detail="stale-if-error",
+                                   fwd=f"fwd=stale; fwd-status={response.status}")
+                return
+            why_not = rfc.uncacheable_reason(request.method, response.status, request.headers, resp_headers, self.policy)
+            if why_not is None and request.method == "HEAD":
+                why_not = "method"
+            fwd = f"fwd={reason}; fwd-status={response.status}"
+            if why_not is not None:
+                if stale is not None:
+                    self.store.delete(stale.key)
+                await self.stream(send, response, resp_headers, f"{self.id}; {fwd}; detail={why_not}", request.method)
+                return
+            await self.stream_and_store(request, send, response, resp_headers, request_time, response_time, stale, fwd)
+        finally:
+            await response.close()
+
+    async def origin_failed(self, request: ClientRequest, send: Send, stale: Entry | None, exc: OriginError) -> None:
+        now = time.time()
+        if stale is not None and rfc.may_serve_stale_on_error(stale.meta.freshness, request.directives, now):
+            self.count("stale_if_error")
+            await self.deliver(request, stale, send, "hit", now, detail="stale-if-error", fwd="fwd=stale; fwd-status=0")
+            return
+        self.count(f"origin_error_{exc.status}")
+        await self.send_error(send, exc.status, exc.message, "fwd=miss; detail=origin-error")
+
+    def make_entry(self, request: ClientRequest, status: int, headers: Headers, body: bytes,
+                   request_time: float, response_time: float) -> Entry:
+        """An entry for a storable response (RFC 9111 §3.1: only end-to-end fields are kept)."""
+        stored = headers.remove(rfc.stored_fields_to_drop(headers, self.policy))
+        if "date" not in stored:
+            stored.items.append(("date", format_http_date(response_time)))  # RFC 9110 §6.6.1
+        freshness = rfc.assess(status, stored, request_time, response_time, self.policy)
+        names = parse_vary(stored.get_all("vary")) or ()
+        vary = tuple((n, normalise_selecting_value(n, request.headers.get_all(n))) for n in names)
+        tags = surrogate_keys(stored.get_all("surrogate-key"), stored.get_all("cache-tag"))
+        skip = self._strip | {"content-length", "age"}
+        wire = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.items if k not in skip]
+        key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
+        header_bytes = sum(len(k) + len(v) for k, v in stored.items)
+        return Entry(key=key, url=request.url, body=body, header_bytes=header_bytes, tags=tags,
+                     meta=Stored(status, stored, freshness, vary, wire))
+
+    def put(self, request: ClientRequest, entry: Entry, stale: Entry | None) -> bool:
+        """Store `entry`, replacing the variants this request would have selected."""
+        replaced = [e for e in self.store.variants(request.url) if e.key == entry.key or e is stale]
+        stored = self.store.put(entry, replaced)
+        self.count("stored" if stored else "not_stored_too_large")
+        return stored
+
+    async def freshen(self, request: ClientRequest, send: Send, stale: Entry, validation: Headers,
+                      request_time: float, response_time: float) -> None:
+        """A 304 answered our conditional request: update the stored fields, then deliver (RFC 9111 §4.3.4)."""
+        meta: Stored = stale.meta
+        merged = rfc.merge_304(meta.headers, validation)
+        entry = self.make_entry(request, meta.status, merged, stale.body, request_time, response_time)
+        self.put(request, entry, stale)
+        await self.deliver(request, entry, send, None, response_time, fwd="fwd=stale; fwd-status=304; stored")
+
+    async def stream_and_store(self, request: ClientRequest, send: Send, response: OriginResponse, headers: Headers,
+                               request_time: float, response_time: float, stale: Entry | None, fwd: str) -> None:
+        """Deliver a storable response while reading it; store it once it arrived whole."""
+        if CLIENT_CONDITIONALS.intersection(k for k, _ in request.headers.items):
+            # The client's own conditional or range applies to the stored whole: read it first.
+            body = await self.read_whole(response)
+            if body is None:
+                await self.send_error(send, 502, "origin sent an incomplete or oversized body")
+                return
+            entry = self.make_entry(request, response.status, headers, body, request_time, response_time)
+            stored = self.put(request, entry, stale)
+            await self.deliver(request, entry, send, None, response_time,
+                               fwd=f"{fwd}; stored" if stored else fwd)
+            return
+        out = [(k, v) for k, v in response.raw_headers if k.lower() not in (b"connection", b"keep-alive",
+               b"transfer-encoding", b"proxy-connection", b"upgrade", b"te", b"trailer")]
+        out = self.strip_targeted(out)
+        if "date" not in headers:
+            out.append((b"date", format_http_date(response_time).encode()))
+        out.append((b"cache-status", f"{self.id}; {fwd}; stored".encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        buffer = bytearray()
+        keep = self.store.fits(0)
+        try:
+            async for chunk in response.chunks():
+                if keep:
+                    buffer += chunk
+                    keep = self.store.fits(len(buffer))
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as exc:  # a cut-off body: the client's connection must be cut too, nothing stored
+            self.count("origin_body_error")
+            log.warning("origin body failed for %s: %s", request.url, exc)
+            raise
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if keep:
+            entry = self.make_entry(request, response.status, headers, bytes(buffer), request_time, response_time)
+            self.put(request, entry, stale)
+        else:
+            self.count("not_stored_too_large")
+
+    async def read_whole(self, response: OriginResponse) -> bytes | None:
+        buffer = bytearray()
+        try:
+            async for chunk in response.chunks():
+                buffer += chunk
+                if not self.store.fits(len(buffer)):
+                    return None
+        except Exception:
+            self.count("origin_body_error")
+            return None
+        return bytes(buffer)
+
+    def strip_targeted(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if not self._strip:
+            return raw
+        return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in self._strip]
+
+    async def stream(self, send: Send, response: OriginResponse, headers: Headers, cache_status: str, method: str) -> None:
+        """Deliver an origin response without storing it."""
+        out = rfc.end_to_end(headers).raw()
+        out = self.strip_targeted(out)
+        out.append((b"cache-status", cache_status.encode("latin-1")))
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        async for chunk in response.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- background refresh (stale-while-revalidate) ---------------------------
+    def refresh_in_background(self, request: ClientRequest, entry: Entry) -> None:
+        if entry.key in self.refreshing:
+            return
+        task = asyncio.create_task(self.refresh(request, entry))
+        self.refreshing[entry.key] = task
+        task.add_done_callback(lambda _: self.refreshing.pop(entry.key, None))
+
+    async def refresh(self, request: ClientRequest, stale: Entry) -> None:
+        assert self.origin is not None
+        self.count("background_refresh")
+        get = ClientRequest("GET", request.target, request.host, request.url,
+                            request.headers.remove(CLIENT_CONDITIONALS), request.client, rfc.Directives({}))
+        request_time = time.time()
+        try:
+            response = await self.origin.open("GET", get.target, self.forward_headers(get, stale, to_store=True))
+        except OriginError:
+            self.count("background_refresh_failed")
+            return
+        try:
+            response_time = time.time()
+            headers = Headers.from_raw(response.raw_headers)
+            if response.status == 304:
+                merged = rfc.merge_304(stale.meta.headers, headers)
+                self.put(get, self.make_entry(get, stale.meta.status, merged, stale.body, request_time, response_time), stale)
+            elif rfc.uncacheable_reason("GET", response.status, get.headers, headers, self.policy) is None:
+                body = await self.read_whole(response)
+                if body is not None:
+                    self.put(get, self.make_entry(get, response.status, headers, body, request_time, response_time), stale)
+            else:
+                self.count("background_refresh_failed")
+        finally:
+            await response.close()
+
+    # -- pass -----------------------------------------------------------------
+    async def pass_(self, request: ClientRequest, receive: Receive, send: Send) -> None:
+        """Methods the cache does not answer: forward, invalidate on success (RFC 9111 §4.4), deliver."""
+        assert self.origin is not None
+        self.count("pass")
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.settings.max_request_body:
+                await self.send_error(send, 413, "request body too large")
+                return
+            if not message.get("more_body", False):
+                break
+        headers = self.forward_headers(request, None, to_store=False)
+        try:
+            response = await self.origin.open(request.method, request.target, headers, bytes(body))
+        except OriginError as exc:
+            await self.send_error(send, exc.status, exc.message, "fwd=method; detail=origin-error")
+            return
+        try:
+            resp_headers = Headers.from_raw(response.raw_headers)
+            if rfc.invalidates(request.method, response.status):
+                self.invalidate(request, resp_headers)
+            await self.stream(send, response, resp_headers, f"{self.id}; fwd=method", request.method)
+        finally:
+            await response.close()
+
+    def invalidate(self, request: ClientRequest, response: Headers) -> None:
+        """Drop the target and same-host Location / Content-Location URLs (RFC 9111 §4.4)."""
+        self.count("invalidation")
+        self.store.purge_url(request.url)
+        for name in ("location", "content-location"):
+            value = response.get(name)
+            if not value:
+                continue
+            parts = urlsplit(value)
+            if parts.netloc and parts.netloc.lower() != request.host:
+                continue
+            path = parts.path if parts.path.startswith("/") else request.target.rsplit("/", 1)[0] + "/" + parts.path
+            self.store.purge_url(request.host + path + (f"?{parts.query}" if parts.query else ""))
+
+    # -- deliver --------------------------------------------------------------
+    async def deliver(self, request: ClientRequest, entry: Entry, send: Send, hit: str | None, now: float,
+                      detail: str | None = None, fwd: str | None = None) -> None:
+        """Answer from a stored entry: 304 to a matching conditional, 206/416 to a range, else the whole."""
+        meta: Stored = entry.meta
+        age = meta.freshness.age(now)
+        ttl = meta.freshness.lifetime - age
+        status_parts = [self.id]
+        if hit:
+            status_parts.append(hit)
+        if fwd:
+            status_parts.append(fwd)
+        status_parts.append(f"ttl={int(ttl)}" if ttl > -1e9 else "ttl=0")
+        if detail:
+            status_parts.append(f"detail={detail}")
+        extra = [(b"age", str(int(min(age, 2**31))).encode()), (b"cache-status", "; ".join(status_parts).encode())]
+        if meta.status == 200 and rfc.not_modified(request.headers, meta.headers, meta.freshness.response_time):
+            headers = [(k, v) for k, v in meta.wire if k.decode("latin-1") in rfc.NOT_MODIFIED_FIELDS]
+            await send({"type": "http.response.start", "status": 304, "headers": headers + extra})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = entry.body
+        status = meta.status
+        headers = list(meta.wire)
+        wanted = request.headers.get("range") if status == 200 else None
+        if wanted and self.if_range_holds(request, meta):
+            chosen = parse_range(wanted, len(body))
+            if chosen == "unsatisfiable":
+                headers = [(b"content-range", f"bytes */{len(body)}".encode())]
+                headers += [(b"content-length", b"0")]
+                await send({"type": "http.response.start", "status": 416, "headers": headers + extra})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if isinstance(chosen, tuple):
+                first, last = chosen
+                status = 206
+                headers.append((b"content-range", f"bytes {first}-{last}/{len(body)}".encode()))
+                body = body[first:last + 1]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers + extra})
+        await send({"type": "http.response.body", "body": b"" if request.method == "HEAD" else body})
+
+    @staticmethod
+    def if_range_holds(request: ClientRequest, meta: Stored) -> bool:
+        """If-Range (RFC 9110 §13.1.5): serve the range only when the validator still matches (strongly)."""
+        condition = request.headers.get("if-range")
+        if condition is None:
+            return True
+        etag = meta.headers.get("etag")
+        if condition.startswith(('"', "W/")):
+            return etag is not None and not etag.startswith("W/") and condition == etag
+        return condition == meta.headers.get("last-modified")
+
+    async def send_error(self, send: Send, status: int, message: str, fwd: str | None = None) -> None:
+        extra = [(b"cache-status", f"{self.id}; {fwd}".encode())] if fwd else []
+        headers, body = _plain(status, message, extra)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: EdgeSettings | None = None) -> Edge:
+    """The edge as an ASGI app (uvicorn: `--factory edge.app:create_app`)."""
+    return Edge(settings or EdgeSettings())

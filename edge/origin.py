@@ -1,0 +1,67 @@
+"""The edge's connection to its origin: one httpx client, streaming, with clear failure kinds."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+
+
+class OriginError(Exception):
+    """The origin could not give a response; `status` is what the client gets (502 or 504)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class OriginResponse:
+    status: int
+    raw_headers: list[tuple[bytes, bytes]]
+    response: httpx.Response  # open stream; read with `chunks()`, always `close()`
+
+    def chunks(self):  # type: ignore[no-untyped-def]
+        return self.response.aiter_raw()
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+
+class Origin:
+    """Sends requests to the configured origin only; the client's target never picks the server."""
+
+    def __init__(self, base_url: str, connect_timeout: float, response_timeout: float) -> None:
+        self.base = httpx.URL(base_url)
+        self.response_timeout = response_timeout
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(response_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def open(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None = None
+    ) -> OriginResponse:
+        """Send a request and return once the response headers arrived (the body is still to be read)."""
+        try:
+            url = self.base.copy_with(raw_path=target.encode("latin-1"))
+        except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+            raise OriginError(400, f"bad request target: {exc}") from None
+        # httpx.Request, not client.build_request: the client's default headers must not be added.
+        request = httpx.Request(method, url, headers=headers, content=body)
+        try:
+            response = await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise OriginError(504, "origin did not answer in time") from None
+        except httpx.ConnectError as exc:
+            raise OriginError(502, f"origin refused the connection: {exc}") from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise OriginError(502, f"origin answered badly: {exc.__class__.__name__}") from None
+        return OriginResponse(response.status_code, list(response.headers.raw), response)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,164 @@
+"""The cache store: a byte-bounded LRU of entries with a URL index and a tag index kept in step.
+
+The store knows keys, sizes, URLs and tags; what an entry means in HTTP is the
+request path's business. Every way an entry leaves (eviction, replacement,
+delete, purge) goes through `_unlink`, so the indexes stay exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachetools import LRUCache
+
+# Bookkeeping per entry beyond body and headers (the object, its slots, index set members).
+ENTRY_OVERHEAD = 400
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One stored response variant. `meta` is the request path's (status, headers, freshness...)."""
+
+    key: str  # unique per variant
+    url: str  # the URL key all variants of a resource share
+    body: bytes
+    header_bytes: int
+    tags: frozenset[str] = frozenset()
+    meta: Any = None
+    soft_purged: bool = False
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.body) + self.header_bytes + ENTRY_OVERHEAD + sum(len(t) for t in self.tags)
+
+
+class _EvictingLRU(LRUCache):
+    """cachetools' LRU that reports what it evicts to make room."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[Entry], None]) -> None:
+        super().__init__(maxsize, getsizeof=lambda entry: entry.size)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, Entry]:
+        key, entry = super().popitem()
+        self._on_evict(entry)
+        return key, entry
+
+
+class Store:
+    """Entries bounded by total bytes, with `url -> keys` and `tag -> keys` indexes."""
+
+    def __init__(self, capacity: int, max_object_size: int) -> None:
+        self.capacity = capacity
+        self.max_object_size = min(max_object_size, capacity)
+        self._lru = _EvictingLRU(capacity, self._unlink)
+        self._by_url: dict[str, dict[str, Entry]] = {}
+        self._by_tag: dict[str, set[str]] = {}
+        self.evictions = 0
+
+    # -- reading --------------------------------------------------------------
+    def variants(self, url: str) -> list[Entry]:
+        """Every stored variant of `url`, without touching LRU order."""
+        return list(self._by_url.get(url, {}).values())
+
+    def touch(self, entry: Entry) -> None:
+        """Mark `entry` as just used (LRU)."""
+        self._lru.get(entry.key)
+
+    def get(self, key: str) -> Entry | None:
+        return self._lru.get(key)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    @property
+    def size(self) -> int:
+        """Bytes accounted to stored entries."""
+        return int(self._lru.currsize)
+
+    def keys_for_tag(self, tag: str) -> frozenset[str]:
+        return frozenset(self._by_tag.get(tag, ()))
+
+    def tag_count(self) -> int:
+        return len(self._by_tag)
+
+    # -- writing --------------------------------------------------------------
+    def fits(self, body_size: int) -> bool:
+        return body_size <= self.max_object_size
+
+    def put(self, entry: Entry, replaces: Iterable[Entry] = ()) -> bool:
+        """Store `entry` in place of `replaces` (variants it supersedes); False if it is too large."""
+        for old in replaces:
+            self.delete(old.key)
+        if entry.key in self._lru:
+            self.delete(entry.key)
+        if entry.size > self.capacity or len(entry.body) > self.max_object_size:
+            return False
+        self._lru[entry.key] = entry  # may evict, which unlinks through popitem
+        self._by_url.setdefault(entry.url, {})[entry.key] = entry
+        for tag in entry.tags:
+            self._by_tag.setdefault(tag, set()).add(entry.key)
+        return True
+
+    def delete(self, key: str) -> bool:
+        entry = self._lru.get(key)
+        if entry is None:
+            return False
+        del self._lru[key]
+        self._unlink(entry, evicted=False)
+        return True
+
+    def _unlink(self, entry: Entry, evicted: bool = True) -> None:
+        if evicted:
+            self.evictions += 1
+        keys = self._by_url.get(entry.url)
+        if keys is not None:
+            keys.pop(entry.key, None)
+            if not keys:
+                del self._by_url[entry.url]
+        for tag in entry.tags:
+            tagged = self._by_tag.get(tag)
+            if tagged is not None:
+                tagged.discard(entry.key)
+                if not tagged:
+                    del self._by_tag[tag]
+
+    # -- purging --------------------------------------------------------------
+    def _purge_keys(self, keys: Iterable[str], soft: bool) -> int:
+        count = 0
+        for key in list(keys):
+            if soft:
+                entry = self._lru.get(key)
+                if entry is not None:
+                    entry.soft_purged = True
+                    count += 1
+            elif self.delete(key):
+                count += 1
+        return count
+
+    def purge_url(self, url: str, soft: bool = False) -> int:
+        """Every variant of one URL key."""
+        return self._purge_keys(self._by_url.get(url, {}).keys(), soft)
+
+    def purge_prefix(self, prefix: str, soft: bool = False) -> int:
+        """Every URL key starting with `prefix`."""
+        keys = [k for url, ks in self._by_url.items() if url.startswith(prefix) for k in ks]
+        return self._purge_keys(keys, soft)
+
+    def purge_tags(self, tags: Iterable[str], soft: bool = False) -> int:
+        """Every entry carrying any of `tags`."""
+        keys: set[str] = set()
+        for tag in tags:
+            keys.update(self._by_tag.get(tag, ()))
+        return self._purge_keys(keys, soft)
+
+    def purge_all(self, soft: bool = False) -> int:
+        if soft:
+            return self._purge_keys(list(self._lru.keys()), soft=True)
+        count = len(self._lru)
+        self._lru = _EvictingLRU(self.capacity, self._unlink)
+        self._by_url.clear()
+        self._by_tag.clear()
+        return count
