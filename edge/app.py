@@ -272,6 +272,7 @@ class Edge:
             await self.deliver(request, stale, send, "hit", now, detail="stale-if-error", fwd="fwd=stale; fwd-status=0")
             return
         self.count(f"origin_error_{exc.status}")
+        log.warning("%s %s: %s", request.method, request.url, exc.message)
         await self.send_error(send, exc.status, exc.message, "fwd=miss; detail=origin-error")
 
     def make_entry(self, request: ClientRequest, status: int, headers: Headers, body: bytes,

@@ -28,9 +28,9 @@ class Headers:
 
     @classmethod
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-        """From ASGI/httpx byte pairs."""
+        """From ASGI/httpx byte pairs; surrounding whitespace is not part of a value (RFC 9110 §5.5)."""
         h = cls.__new__(cls)
-        h.items = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+        h.items = [(k.decode("latin-1").lower(), v.decode("latin-1").strip(" \t")) for k, v in raw]
         return h
 
     def get_all(self, name: str) -> list[str]:

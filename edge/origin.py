@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import httpx
 
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+
 class OriginError(Exception):
     """The origin could not give a response; `status` is what the client gets (502 or 504)."""
 
@@ -38,7 +41,9 @@ class Origin:
         self.response_timeout = response_timeout
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(response_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            # Idle connections are dropped well before common server keep-alive timeouts (Node: 5 s),
+            # so a request is rarely sent on a connection the server is closing.
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=2.0),
             follow_redirects=False,
             trust_env=False,
         )
@@ -54,14 +59,27 @@ class Origin:
         # httpx.Request, not client.build_request: the client's default headers must not be added.
         request = httpx.Request(method, url, headers=headers, content=body)
         try:
-            response = await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
+            response = await self._send(request, retry=method in IDEMPOTENT_METHODS)
         except (asyncio.TimeoutError, httpx.TimeoutException):
             raise OriginError(504, "origin did not answer in time") from None
         except httpx.ConnectError as exc:
             raise OriginError(502, f"origin refused the connection: {exc}") from None
         except (httpx.HTTPError, OSError) as exc:
-            raise OriginError(502, f"origin answered badly: {exc.__class__.__name__}") from None
+            raise OriginError(502, f"origin answered badly: {exc.__class__.__name__}: {exc}") from None
+        if not 100 <= response.status_code <= 599:  # RFC 9110 §15: three digits, first 1-5
+            await response.aclose()
+            raise OriginError(502, f"origin sent an invalid status code {response.status_code}")
         return OriginResponse(response.status_code, list(response.headers.raw), response)
+
+    async def _send(self, request: httpx.Request, retry: bool) -> httpx.Response:
+        try:
+            return await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
+        except httpx.RemoteProtocolError:
+            # A kept-alive connection closed by the server as we reused it: safe to repeat once
+            # for an idempotent method (RFC 9110 §9.2.2).
+            if not retry:
+                raise
+            return await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
 
     async def aclose(self) -> None:
         await self.client.aclose()
