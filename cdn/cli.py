@@ -70,7 +70,7 @@ def serve(app: Any, host: str, port: int, log_level: str = "warning", proxy: boo
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                date_header=not proxy, server_header=not proxy)
+                date_header=not proxy, server_header=not proxy, timeout_graceful_shutdown=5)
 
 
 def build_parser() -> argparse.ArgumentParser:
