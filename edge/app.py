@@ -322,9 +322,7 @@ class Edge:
             await self.deliver(request, entry, send, None, response_time,
                                fwd=f"{fwd}; stored" if stored else fwd)
             return
-        out = [(k, v) for k, v in response.raw_headers if k.lower() not in (b"connection", b"keep-alive",
-               b"transfer-encoding", b"proxy-connection", b"upgrade", b"te", b"trailer")]
-        out = self.strip_targeted(out)
+        out = self.deliverable(headers)
         if "date" not in headers:
             out.append((b"date", format_http_date(response_time).encode()))
         out.append((b"cache-status", f"{self.id}; {fwd}; stored".encode()))
@@ -360,15 +358,13 @@ class Edge:
             return None
         return bytes(buffer)
 
-    def strip_targeted(self, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        if not self._strip:
-            return raw
-        return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in self._strip]
+    def deliverable(self, headers: Headers) -> list[tuple[bytes, bytes]]:
+        """An origin response's fields as sent on: end-to-end only, targeted and tag fields stripped."""
+        return rfc.end_to_end(headers).remove(self._strip).raw()
 
     async def stream(self, send: Send, response: OriginResponse, headers: Headers, cache_status: str, method: str) -> None:
         """Deliver an origin response without storing it."""
-        out = rfc.end_to_end(headers).raw()
-        out = self.strip_targeted(out)
+        out = self.deliverable(headers)
         out.append((b"cache-status", cache_status.encode("latin-1")))
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         async for chunk in response.chunks():

@@ -280,9 +280,9 @@ def parse_range(value: str | None, length: int) -> tuple[int, int] | str | None:
             return "unsatisfiable"
         return (max(0, length - suffix), length - 1) if length else "unsatisfiable"
     first = int(first_s)
-    last = int(last_s) if last_s else length - 1
-    if last < first:
-        return None
+    if last_s and int(last_s) < first:
+        return None  # invalid range-spec: ignore the header (RFC 9110 §14.1.1)
     if first >= length:
         return "unsatisfiable"
+    last = int(last_s) if last_s else length - 1
     return first, min(last, length - 1)

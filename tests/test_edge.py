@@ -1,0 +1,374 @@
+"""The edge end to end: real uvicorn servers on loopback, a scripted origin behind the edge."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from edge.app import Edge, create_app
+from edge.settings import EdgeSettings
+from tests.scripted_origin import Answer, ScriptedOrigin
+from tests.servers import ThreadServer, free_port
+
+FRESH = [("Cache-Control", "max-age=3600")]
+
+
+@dataclass
+class Rig:
+    origin: ScriptedOrigin
+    edge: Edge
+    client: httpx.Client
+    url: str
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return self.client.get(path, **kwargs)  # type: ignore[arg-type]
+
+
+def make_rig(**settings: object) -> Iterator[Rig]:
+    origin = ScriptedOrigin()
+    with ThreadServer(origin) as origin_server:
+        edge = create_app(EdgeSettings(origin=origin_server.url, id="edge-t", admin_token="secret", **settings))
+        with ThreadServer(edge, proxy=True) as edge_server, httpx.Client(base_url=edge_server.url, timeout=10) as client:
+            yield Rig(origin, edge, client, edge_server.url)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    yield from make_rig()
+
+
+def status_of(response: httpx.Response) -> str:
+    return response.headers.get("cache-status", "")
+
+
+# -- storing and reuse (RFC 9111 §3, §4) -----------------------------------------
+
+
+def test_miss_then_hit_serves_from_cache_with_age_and_cache_status(rig: Rig) -> None:
+    rig.origin.route("/a", Answer(headers=FRESH, body=b"alpha"))
+    first = rig.get("/a")
+    second = rig.get("/a")
+    assert first.text == second.text == "alpha"
+    assert status_of(first).startswith("edge-t; fwd=miss")
+    assert "stored" in status_of(first)
+    assert status_of(second).startswith("edge-t; hit; ttl=")
+    assert second.headers["age"].isdigit()
+    assert rig.origin.hits["/a"] == 1
+
+
+@pytest.mark.parametrize("cache_control", ["no-store", "private", "max-age=60, no-store"])
+def test_responses_a_shared_cache_must_not_store_are_fetched_every_time(rig: Rig, cache_control: str) -> None:
+    rig.origin.route("/p", Answer(headers=[("Cache-Control", cache_control)]))
+    rig.get("/p")
+    rig.get("/p")
+    assert rig.origin.hits["/p"] == 2
+
+
+def test_set_cookie_responses_are_not_shared_by_default(rig: Rig) -> None:
+    rig.origin.route("/c", Answer(headers=FRESH + [("Set-Cookie", "session=1")]))
+    rig.get("/c")
+    response = rig.get("/c")
+    assert rig.origin.hits["/c"] == 2
+    assert "detail=set-cookie" in status_of(response)
+
+
+def test_set_cookie_responses_are_shared_when_the_operator_says_so() -> None:
+    for rig in make_rig(cache_set_cookie=True):
+        rig.origin.route("/c", Answer(headers=FRESH + [("Set-Cookie", "session=1")]))
+        rig.get("/c")
+        assert rig.get("/c").headers["set-cookie"] == "session=1"
+        assert rig.origin.hits["/c"] == 1
+
+
+def test_authorization_requests_are_stored_only_when_response_allows(rig: Rig) -> None:
+    # RFC 9111 §3.5
+    rig.origin.route("/private", Answer(headers=FRESH))
+    rig.origin.route("/public", Answer(headers=[("Cache-Control", "public, max-age=60")]))
+    auth = {"Authorization": "Bearer x"}
+    for path in ("/private", "/public"):
+        rig.get(path, headers=auth)
+        rig.get(path, headers=auth)
+    assert rig.origin.hits["/private"] == 2
+    assert rig.origin.hits["/public"] == 1
+
+
+def test_stale_entry_is_revalidated_with_etag_and_304_freshens_it(rig: Rig) -> None:
+    def answer(headers: dict[str, str]) -> Answer:
+        if headers.get("if-none-match") == '"v1"':
+            return Answer(304, [("ETag", '"v1"'), ("Cache-Control", "max-age=3600"), ("X-Updated", "yes")], b"")
+        return Answer(headers=[("ETag", '"v1"'), ("Cache-Control", "max-age=0")], body=b"body-v1")
+
+    rig.origin.route("/v", answer)
+    rig.get("/v")
+    revalidated = rig.get("/v")
+    assert revalidated.text == "body-v1"
+    assert revalidated.headers["x-updated"] == "yes"
+    assert "fwd=stale; fwd-status=304" in status_of(revalidated)
+    assert rig.origin.requests[-1][2]["if-none-match"] == '"v1"'
+    hit = rig.get("/v")
+    assert status_of(hit).startswith("edge-t; hit")
+    assert rig.origin.hits["/v"] == 2
+
+
+def test_client_conditional_request_gets_304_from_cache(rig: Rig) -> None:
+    rig.origin.route("/e", Answer(headers=FRESH + [("ETag", '"abc"')]))
+    rig.get("/e")
+    response = rig.get("/e", headers={"If-None-Match": 'W/"abc"'})
+    assert response.status_code == 304
+    assert response.headers["etag"] == '"abc"'
+    assert rig.origin.hits["/e"] == 1
+
+
+def test_head_is_answered_from_a_stored_get(rig: Rig) -> None:
+    rig.origin.route("/h", Answer(headers=FRESH, body=b"12345"))
+    rig.get("/h")
+    response = rig.client.head("/h")
+    assert response.status_code == 200
+    assert response.headers["content-length"] == "5"
+    assert response.content == b""
+    assert rig.origin.hits["/h"] == 1
+
+
+def test_vary_keeps_one_variant_per_selecting_header_value(rig: Rig) -> None:
+    rig.origin.route("/lang", lambda h: Answer(headers=FRESH + [("Vary", "Accept-Language")],
+                                               body=h.get("accept-language", "none").encode()))
+    assert rig.get("/lang", headers={"Accept-Language": "en"}).text == "en"
+    assert rig.get("/lang", headers={"Accept-Language": "fr"}).text == "fr"
+    assert rig.get("/lang", headers={"Accept-Language": "en"}).text == "en"
+    assert rig.get("/lang", headers={"Accept-Language": "fr"}).text == "fr"
+    assert rig.origin.hits["/lang"] == 2
+
+
+def test_vary_star_is_never_reused(rig: Rig) -> None:
+    rig.origin.route("/star", Answer(headers=FRESH + [("Vary", "*")]))
+    rig.get("/star")
+    rig.get("/star")
+    assert rig.origin.hits["/star"] == 2
+
+
+def test_request_max_age_zero_and_no_cache_force_revalidation(rig: Rig) -> None:
+    rig.origin.route("/r", Answer(headers=FRESH))
+    rig.get("/r")
+    rig.get("/r", headers={"Cache-Control": "max-age=0"})
+    rig.get("/r", headers={"Pragma": "no-cache"})
+    assert rig.origin.hits["/r"] == 3
+
+
+def test_only_if_cached_gives_504_when_nothing_is_stored(rig: Rig) -> None:
+    response = rig.get("/nothing", headers={"Cache-Control": "only-if-cached"})
+    assert response.status_code == 504
+    assert rig.origin.hits["/nothing"] == 0
+
+
+def test_unsafe_method_invalidates_target_and_location(rig: Rig) -> None:
+    # RFC 9111 §4.4
+    rig.origin.route("/item", Answer(headers=FRESH, body=b"old"))
+    rig.origin.route("/other", Answer(headers=FRESH, body=b"old"))
+    rig.get("/item")
+    rig.get("/other")
+    rig.origin.route("/item", lambda h: Answer(201, [("Location", "/other")], b"created")
+                     if rig.origin.requests[-1][0] == "POST" else Answer(headers=FRESH, body=b"new"))
+    rig.origin.route("/other", Answer(headers=FRESH, body=b"new"))
+    assert rig.client.post("/item", content=b"x").status_code == 201
+    assert rig.get("/item").text == "new"
+    assert rig.get("/other").text == "new"
+
+
+def test_failed_unsafe_method_does_not_invalidate(rig: Rig) -> None:
+    rig.origin.route("/keep", lambda h: Answer(500, body=b"err") if rig.origin.requests[-1][0] == "POST"
+                     else Answer(headers=FRESH, body=b"kept"))
+    rig.get("/keep")
+    rig.client.post("/keep", content=b"x")
+    assert status_of(rig.get("/keep")).startswith("edge-t; hit")
+
+
+def test_single_byte_range_is_served_from_stored_full_response(rig: Rig) -> None:
+    rig.origin.route("/range", Answer(headers=FRESH, body=b"0123456789"))
+    rig.get("/range")
+    part = rig.get("/range", headers={"Range": "bytes=2-4"})
+    assert part.status_code == 206
+    assert part.content == b"234"
+    assert part.headers["content-range"] == "bytes 2-4/10"
+    assert rig.get("/range", headers={"Range": "bytes=-3"}).content == b"789"
+    unsatisfiable = rig.get("/range", headers={"Range": "bytes=50-"})
+    assert unsatisfiable.status_code == 416
+    assert unsatisfiable.headers["content-range"] == "bytes */10"
+    assert rig.origin.hits["/range"] == 1
+
+
+# -- targeted fields and surrogate keys ------------------------------------------
+
+
+def test_cdn_cache_control_overrides_cache_control_and_is_not_delivered(rig: Rig) -> None:
+    # RFC 9213: the CDN obeys CDN-Cache-Control; browsers still see Cache-Control.
+    rig.origin.route("/t", Answer(headers=[("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60"),
+                                           ("Surrogate-Key", "a b")]))
+    rig.get("/t")
+    hit = rig.get("/t")
+    assert rig.origin.hits["/t"] == 1
+    assert hit.headers["cache-control"] == "no-store"
+    assert "cdn-cache-control" not in hit.headers
+    assert "surrogate-key" not in hit.headers
+
+
+def test_admin_purge_by_tag_removes_exactly_the_tagged_entries(rig: Rig) -> None:
+    rig.origin.route("/one", Answer(headers=FRESH + [("Surrogate-Key", "products product-1")]))
+    rig.origin.route("/two", Answer(headers=FRESH + [("Cache-Tag", "products,product-2")]))
+    rig.get("/one")
+    rig.get("/two")
+    auth = {"Authorization": "Bearer secret"}
+    purged = rig.client.post("/_edge/purge", json={"kind": "tag", "values": ["product-1"]}, headers=auth)
+    assert purged.json()["purged"] == 1
+    rig.get("/one")
+    rig.get("/two")
+    assert rig.origin.hits["/one"] == 2
+    assert rig.origin.hits["/two"] == 1
+
+
+def test_soft_purge_marks_stale_so_the_next_request_revalidates(rig: Rig) -> None:
+    rig.origin.route("/s", lambda h: Answer(304, [("ETag", '"s"')], b"") if h.get("if-none-match") == '"s"'
+                     else Answer(headers=FRESH + [("ETag", '"s"')], body=b"soft"))
+    rig.get("/s")
+    auth = {"Authorization": "Bearer secret"}
+    rig.client.post("/_edge/purge", json={"kind": "url", "values": [rig.url + "/s"], "soft": True}, headers=auth)
+    response = rig.get("/s")
+    assert response.text == "soft"
+    assert "fwd=stale; fwd-status=304" in status_of(response)
+
+
+@pytest.mark.parametrize(("headers", "body", "status"), [
+    ({}, {"kind": "all"}, 401),
+    ({"Authorization": "Bearer wrong"}, {"kind": "all"}, 403),
+    ({"Authorization": "Bearer secret"}, {"kind": "nope"}, 422),
+    ({"Authorization": "Bearer secret"}, {"kind": "tag", "values": []}, 422),
+    ({"Authorization": "Bearer secret"}, {"kind": "tag", "values": ["x"] * 257}, 422),
+])
+def test_admin_purge_refuses_bad_requests_with_a_clear_error(rig: Rig, headers: dict, body: dict, status: int) -> None:
+    response = rig.client.post("/_edge/purge", json=body, headers=headers)
+    assert response.status_code == status
+    assert response.json()["error"]
+
+
+# -- toward the origin ----------------------------------------------------------
+
+
+def test_hop_by_hop_fields_are_removed_and_proxy_fields_added(rig: Rig) -> None:
+    rig.origin.route("/hop", Answer(headers=FRESH + [("Connection", "x-secret"), ("X-Secret", "1"), ("Keep-Alive", "timeout=5")]))
+    response = rig.get("/hop", headers={"Connection": "x-drop", "X-Drop": "1", "Proxy-Authorization": "p"})
+    sent = rig.origin.last_headers()
+    assert "x-drop" not in sent and "proxy-authorization" not in sent
+    assert sent["via"].endswith("edge-t")
+    assert sent["x-forwarded-for"] == "127.0.0.1"
+    assert sent["x-forwarded-host"] == rig.url.removeprefix("http://")
+    assert "x-secret" not in response.headers
+    assert "x-secret" not in rig.get("/hop").headers
+
+
+def test_absolute_form_target_never_reaches_another_server(rig: Rig) -> None:
+    rig.origin.route("/abs", Answer(headers=FRESH, body=b"ours"))
+    port = int(rig.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET http://example.invalid/abs HTTP/1.1\r\nHost: example.invalid\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.endswith(b"ours")
+    assert rig.origin.hits["/abs"] == 1
+
+
+def test_hosts_outside_allowed_hosts_get_400() -> None:
+    for rig in make_rig(allowed_hosts=["shop.example"]):
+        rig.origin.route("/x", Answer(headers=FRESH))
+        assert rig.get("/x", headers={"Host": "evil.example"}).status_code == 400
+        assert rig.get("/x", headers={"Host": "shop.example"}).status_code == 200
+        assert rig.origin.hits["/x"] == 1
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+def test_origin_refusing_connections_gives_502() -> None:
+    edge = create_app(EdgeSettings(origin=f"http://127.0.0.1:{free_port()}"))
+    with ThreadServer(edge, proxy=True) as server:
+        response = httpx.get(server.url + "/x")
+    assert response.status_code == 502
+    assert response.text.strip()
+
+
+def test_origin_slower_than_the_timeout_gives_504() -> None:
+    for rig in make_rig(origin_timeout=0.3):
+        rig.origin.route("/slow", Answer(headers=FRESH, delay=2.0))
+        response = rig.get("/slow")
+        assert response.status_code == 504
+
+
+def test_origin_status_outside_100_to_599_gives_502(rig: Rig) -> None:
+    rig.origin.route("/weird", Answer(status=999))
+    assert rig.get("/weird").status_code == 502
+
+
+def test_stale_if_error_serves_stale_when_origin_fails(rig: Rig) -> None:
+    rig.origin.route("/sie", Answer(headers=[("Cache-Control", "max-age=0, stale-if-error=60")], body=b"stale"))
+    rig.get("/sie")
+    rig.origin.route("/sie", Answer(500, body=b"boom"))
+    response = rig.get("/sie")
+    assert response.status_code == 200
+    assert response.text == "stale"
+    assert "detail=stale-if-error" in status_of(response)
+
+
+def test_stale_while_revalidate_serves_stale_and_refreshes_in_background(rig: Rig) -> None:
+    rig.origin.route("/swr", Answer(headers=[("Cache-Control", "max-age=1, stale-while-revalidate=60")], body=b"v1"))
+    rig.get("/swr")
+    time.sleep(1.2)
+    rig.origin.route("/swr", Answer(headers=[("Cache-Control", "max-age=60")], body=b"v2", delay=0.2))
+    stale = [rig.get("/swr") for _ in range(5)]
+    assert all(r.text == "v1" for r in stale)
+    deadline = time.monotonic() + 5
+    while rig.get("/swr").text != "v2":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert rig.origin.hits["/swr"] == 2  # one background fetch, whatever the traffic
+
+
+def test_cut_off_body_is_never_stored(rig: Rig) -> None:
+    rig.origin.route("/cut", Answer(headers=FRESH, body=[b"a" * 1000, b"b" * 1000], cut_after_first_chunk=True))
+    with pytest.raises(httpx.HTTPError):
+        rig.get("/cut")
+    rig.origin.route("/cut", Answer(headers=FRESH, body=b"whole"))
+    assert rig.get("/cut").text == "whole"
+    assert rig.origin.hits["/cut"] == 2
+
+
+def test_objects_larger_than_the_cap_stream_through_uncached() -> None:
+    for rig in make_rig(max_object_size=1000):
+        rig.origin.route("/big", Answer(headers=FRESH, body=b"x" * 5000))
+        assert len(rig.get("/big").content) == 5000
+        assert len(rig.get("/big").content) == 5000
+        assert rig.origin.hits["/big"] == 2
+
+
+def test_miss_streams_first_byte_before_the_last_arrives(rig: Rig) -> None:
+    rig.origin.route("/stream", Answer(headers=FRESH, body=[b"first", b"second"], chunk_delay=1.0))
+    started = time.monotonic()
+    with rig.client.stream("GET", "/stream") as response:
+        chunks = response.iter_raw()
+        first = next(chunks)
+        first_at = time.monotonic() - started
+        rest = b"".join(chunks)
+    assert first == b"first"
+    assert first_at < 0.9
+    assert rest == b"second"
+    assert status_of(rig.get("/stream")).startswith("edge-t; hit")
+
+
+def test_malformed_header_values_from_origin_do_not_crash_the_edge(rig: Rig) -> None:
+    rig.origin.route("/odd", Answer(headers=[("Cache-Control", 'max-age="12, ,=,'), ("Age", "-1"),
+                                             ("Expires", "yesterday"), ("Vary", ",,,"), ("Date", "0")]))
+    assert rig.get("/odd").status_code == 200
+    assert rig.get("/odd").status_code == 200

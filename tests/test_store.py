@@ -1,0 +1,134 @@
+"""The store: byte bound, LRU order, and URL / tag indexes that stay exact through every way out."""
+
+from __future__ import annotations
+
+import random
+
+from edge.store import ENTRY_OVERHEAD, Entry, Store
+
+
+def entry(key: str, size: int = 100, tags: tuple[str, ...] = (), url: str | None = None) -> Entry:
+    return Entry(key=key, url=url or key, body=b"x" * size, header_bytes=0, tags=frozenset(tags))
+
+
+def assert_indexes_exact(store: Store) -> None:
+    """Every indexed key is stored, and every stored entry is indexed under its URL and each tag."""
+    stored = {key: store.get(key) for key in list(store._lru.keys())}
+    by_url = {k for keys in store._by_url.values() for k in keys}
+    by_tag = {k for keys in store._by_tag.values() for k in keys}
+    assert by_url == set(stored)
+    assert by_tag == {k for k, e in stored.items() if e.tags}
+    for key, e in stored.items():
+        assert key in store._by_url[e.url]
+        for tag in e.tags:
+            assert key in store._by_tag[tag]
+    assert all(store._by_tag.values()) and all(store._by_url.values())  # no empty sets left behind
+    assert store.size == sum(e.size for e in stored.values())
+
+
+def test_total_size_never_exceeds_capacity() -> None:
+    capacity = 10 * (1000 + ENTRY_OVERHEAD)
+    store = Store(capacity, capacity)
+    for i in range(50):
+        store.put(entry(f"k{i}", 1000))
+        assert store.size <= capacity
+    assert len(store) == 10
+
+
+def test_least_recently_used_entry_is_evicted_first() -> None:
+    store = Store(3 * (100 + ENTRY_OVERHEAD), 10_000)
+    for key in ("a", "b", "c"):
+        store.put(entry(key))
+    store.touch(store.get("a"))
+    store.put(entry("d"))
+    assert store.get("b") is None
+    assert {k for k in ("a", "c", "d") if store.get(k)} == {"a", "c", "d"}
+    assert store.evictions == 1
+
+
+def test_objects_over_the_size_cap_are_refused() -> None:
+    store = Store(1_000_000, 500)
+    assert not store.put(entry("big", 501))
+    assert store.put(entry("small", 500))
+    assert not store.fits(501)
+
+
+def test_tag_index_is_exact_through_eviction() -> None:
+    store = Store(5 * entry("probe", tags=("t1", "u0")).size, 10_000)
+    for i in range(20):
+        store.put(entry(f"k{i}", tags=("t1", f"u{i % 3}")))
+        assert_indexes_exact(store)
+    assert store.keys_for_tag("t1") == {f"k{i}" for i in range(15, 20)}
+
+
+def test_tag_index_is_exact_through_replacement() -> None:
+    store = Store(1_000_000, 10_000)
+    store.put(entry("k", tags=("old", "both")))
+    store.put(entry("k", tags=("new", "both")))
+    assert store.keys_for_tag("old") == frozenset()
+    assert store.keys_for_tag("new") == {"k"}
+    assert_indexes_exact(store)
+
+
+def test_purge_by_tag_removes_exactly_the_tagged_entries() -> None:
+    store = Store(1_000_000, 10_000)
+    store.put(entry("a", tags=("x",)))
+    store.put(entry("b", tags=("x", "y")))
+    store.put(entry("c", tags=("y",)))
+    assert store.purge_tags(["x"]) == 2
+    assert store.get("a") is None and store.get("b") is None and store.get("c") is not None
+    assert_indexes_exact(store)
+
+
+def test_soft_purge_marks_entries_without_removing_them() -> None:
+    store = Store(1_000_000, 10_000)
+    store.put(entry("a", tags=("x",)))
+    assert store.purge_tags(["x"], soft=True) == 1
+    assert store.get("a").soft_purged
+    assert_indexes_exact(store)
+
+
+def test_purge_url_removes_every_variant_and_prefix_matches_url_keys() -> None:
+    store = Store(1_000_000, 10_000)
+    store.put(entry("h/a\x00lang=en", url="h/a"))
+    store.put(entry("h/a\x00lang=fr", url="h/a"))
+    store.put(entry("h/ab", url="h/ab"))
+    store.put(entry("h/b", url="h/b"))
+    assert store.purge_url("h/a") == 2
+    assert store.purge_prefix("h/a") == 1
+    assert [e.key for e in store.variants("h/b")] == ["h/b"]
+    assert_indexes_exact(store)
+
+
+def test_purge_all_empties_store_and_indexes() -> None:
+    store = Store(1_000_000, 10_000)
+    for i in range(10):
+        store.put(entry(f"k{i}", tags=("t",)))
+    assert store.purge_all() == 10
+    assert len(store) == 0 and store.size == 0 and store.tag_count() == 0
+    store.put(entry("again", tags=("t",)))
+    assert_indexes_exact(store)
+
+
+def test_indexes_stay_exact_under_random_operations() -> None:
+    rng = random.Random(7)
+    store = Store(40 * (200 + ENTRY_OVERHEAD), 10_000)
+    tags = [f"t{i}" for i in range(8)]
+    for _ in range(3000):
+        op = rng.random()
+        key = f"k{rng.randrange(100)}"
+        if op < 0.6:
+            store.put(entry(key, rng.randrange(1, 400), tuple(rng.sample(tags, rng.randrange(0, 3))), url=key[:2]))
+        elif op < 0.7:
+            store.delete(key)
+        elif op < 0.8:
+            store.purge_tags(rng.sample(tags, 2), soft=rng.random() < 0.5)
+        elif op < 0.85:
+            store.purge_url(key[:2])
+        elif op < 0.9:
+            store.purge_prefix(key[:2])
+        else:
+            hit = store.get(key)
+            if hit:
+                store.touch(hit)
+    assert_indexes_exact(store)
