@@ -69,8 +69,11 @@ def serve(app: Any, host: str, port: int, log_level: str = "warning", proxy: boo
     """Run `app` on uvicorn; a proxy keeps its upstream's Date and Server fields instead of adding its own."""
     import uvicorn
 
+    # Idle client connections stay open 75 s (as nginx's default): clients that keep connections
+    # alive for 5 s (Node's agents) would otherwise race the server closing them.
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                date_header=not proxy, server_header=not proxy, timeout_graceful_shutdown=5)
+                date_header=not proxy, server_header=not proxy, timeout_graceful_shutdown=5,
+                timeout_keep_alive=75)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 from edge import policy as rfc
 from edge.headers import Directives, Headers, format_http_date, normalise_selecting_value, parse_range, parse_vary, surrogate_keys
 from edge.origin import Origin, OriginError, OriginResponse
@@ -234,6 +236,7 @@ class Edge:
         self.count("miss" if stale is None else "revalidate")
         headers = self.forward_headers(request, stale, to_store=True)
         request_time = time.time()
+        serial = self.store.purge_serial
         try:
             response = await self.origin.open(request.method, request.target, headers)
         except OriginError as exc:
@@ -243,7 +246,7 @@ class Edge:
         try:
             resp_headers = Headers.from_raw(response.raw_headers)
             if stale is not None and response.status == 304:
-                await self.freshen(request, send, stale, resp_headers, request_time, response_time)
+                await self.freshen(request, send, stale, resp_headers, request_time, response_time, serial)
                 return
             if stale is not None and response.status >= 500 and rfc.may_serve_stale_on_error(
                 stale.meta.freshness, request.directives, response_time
@@ -261,7 +264,8 @@ class Edge:
                     self.store.delete(stale.key)
                 await self.stream(send, response, resp_headers, f"{self.id}; {fwd}; detail={why_not}", request.method)
                 return
-            await self.stream_and_store(request, send, response, resp_headers, request_time, response_time, stale, fwd)
+            await self.stream_and_store(request, send, response, resp_headers, request_time, response_time,
+                                        stale, fwd, serial)
         finally:
             await response.close()
 
@@ -292,24 +296,25 @@ class Edge:
         return Entry(key=key, url=request.url, body=body, header_bytes=header_bytes, tags=tags,
                      meta=Stored(status, stored, freshness, vary, wire))
 
-    def put(self, request: ClientRequest, entry: Entry, stale: Entry | None) -> bool:
-        """Store `entry`, replacing the variants this request would have selected."""
+    def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
+        """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""
         replaced = [e for e in self.store.variants(request.url) if e.key == entry.key or e is stale]
-        stored = self.store.put(entry, replaced)
+        stored = self.store.put(entry, replaced, fetched_at)
         self.count("stored" if stored else "not_stored_too_large")
         return stored
 
     async def freshen(self, request: ClientRequest, send: Send, stale: Entry, validation: Headers,
-                      request_time: float, response_time: float) -> None:
+                      request_time: float, response_time: float, serial: int) -> None:
         """A 304 answered our conditional request: update the stored fields, then deliver (RFC 9111 §4.3.4)."""
         meta: Stored = stale.meta
         merged = rfc.merge_304(meta.headers, validation)
         entry = self.make_entry(request, meta.status, merged, stale.body, request_time, response_time)
-        self.put(request, entry, stale)
+        self.put(request, entry, stale, serial)
         await self.deliver(request, entry, send, None, response_time, fwd="fwd=stale; fwd-status=304; stored")
 
     async def stream_and_store(self, request: ClientRequest, send: Send, response: OriginResponse, headers: Headers,
-                               request_time: float, response_time: float, stale: Entry | None, fwd: str) -> None:
+                               request_time: float, response_time: float, stale: Entry | None, fwd: str,
+                               serial: int) -> None:
         """Deliver a storable response while reading it; store it once it arrived whole."""
         if CLIENT_CONDITIONALS.intersection(k for k, _ in request.headers.items):
             # The client's own conditional or range applies to the stored whole: read it first.
@@ -318,7 +323,7 @@ class Edge:
                 await self.send_error(send, 502, "origin sent an incomplete or oversized body")
                 return
             entry = self.make_entry(request, response.status, headers, body, request_time, response_time)
-            stored = self.put(request, entry, stale)
+            stored = self.put(request, entry, stale, serial)
             await self.deliver(request, entry, send, None, response_time,
                                fwd=f"{fwd}; stored" if stored else fwd)
             return
@@ -335,14 +340,16 @@ class Edge:
                     buffer += chunk
                     keep = self.store.fits(len(buffer))
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except Exception as exc:  # a cut-off body: the client's connection must be cut too, nothing stored
+        except (httpx.HTTPError, OSError) as exc:
+            # A cut-off body: nothing is stored, and returning without finishing the response
+            # makes the server close the client's connection, so the client sees it incomplete too.
             self.count("origin_body_error")
             log.warning("origin body failed for %s: %s", request.url, exc)
-            raise
+            return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if keep:
             entry = self.make_entry(request, response.status, headers, bytes(buffer), request_time, response_time)
-            self.put(request, entry, stale)
+            self.put(request, entry, stale, serial)
         else:
             self.count("not_stored_too_large")
 
@@ -353,7 +360,7 @@ class Edge:
                 buffer += chunk
                 if not self.store.fits(len(buffer)):
                     return None
-        except Exception:
+        except (httpx.HTTPError, OSError):
             self.count("origin_body_error")
             return None
         return bytes(buffer)
@@ -385,6 +392,7 @@ class Edge:
         get = ClientRequest("GET", request.target, request.host, request.url,
                             request.headers.remove(CLIENT_CONDITIONALS), request.client, rfc.Directives({}))
         request_time = time.time()
+        serial = self.store.purge_serial
         try:
             response = await self.origin.open("GET", get.target, self.forward_headers(get, stale, to_store=True))
         except OriginError:
@@ -395,11 +403,13 @@ class Edge:
             headers = Headers.from_raw(response.raw_headers)
             if response.status == 304:
                 merged = rfc.merge_304(stale.meta.headers, headers)
-                self.put(get, self.make_entry(get, stale.meta.status, merged, stale.body, request_time, response_time), stale)
+                entry = self.make_entry(get, stale.meta.status, merged, stale.body, request_time, response_time)
+                self.put(get, entry, stale, serial)
             elif rfc.uncacheable_reason("GET", response.status, get.headers, headers, self.policy) is None:
                 body = await self.read_whole(response)
                 if body is not None:
-                    self.put(get, self.make_entry(get, response.status, headers, body, request_time, response_time), stale)
+                    entry = self.make_entry(get, response.status, headers, body, request_time, response_time)
+                    self.put(get, entry, stale, serial)
             else:
                 self.count("background_refresh_failed")
         finally:

@@ -5,9 +5,35 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import h11
 import httpx
+from httpcore._async.http11 import AsyncHTTP11Connection
 
 
+def _never_reuse_after_trailing_bytes() -> None:
+    """Close, rather than reuse, an origin connection that sent bytes past the end of a response.
+
+    Such bytes mean the response's framing was wrong (a Content-Length shorter than the
+    body); httpcore would parse them as the start of the next response on that connection,
+    handing one client's request another answer: an edge/origin desync.
+    """
+    original = AsyncHTTP11Connection._response_closed
+    if getattr(original, "_cdn_guard", False):
+        return
+
+    async def _response_closed(self: AsyncHTTP11Connection) -> None:
+        state = self._h11_state
+        if state.their_state is h11.DONE and state.trailing_data[0]:
+            await self.aclose()
+            return
+        await original(self)
+
+    _response_closed._cdn_guard = True  # type: ignore[attr-defined]
+    AsyncHTTP11Connection._response_closed = _response_closed  # type: ignore[method-assign]
+
+
+_never_reuse_after_trailing_bytes()
+DISCONNECTED = "Server disconnected without sending a response"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -74,10 +100,10 @@ class Origin:
     async def _send(self, request: httpx.Request, retry: bool) -> httpx.Response:
         try:
             return await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
-        except httpx.RemoteProtocolError:
+        except httpx.RemoteProtocolError as exc:
             # A kept-alive connection closed by the server as we reused it: safe to repeat once
-            # for an idempotent method (RFC 9110 §9.2.2).
-            if not retry:
+            # for an idempotent method (RFC 9110 §9.2.2). Any other protocol error is the answer.
+            if not retry or DISCONNECTED not in str(exc):
                 raise
             return await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
 

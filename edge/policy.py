@@ -180,7 +180,9 @@ def initial_age(headers: Headers, request_time: float, response_time: float) -> 
     if age_value == AGE_INVALID:
         return AGE_INVALID
     date = single_date(headers.get_all("date"))
-    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    # Date has one-second resolution: compare it with the whole second the response arrived in,
+    # or a response would start up to a second old.
+    apparent_age = max(0.0, float(int(response_time)) - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
     return max(apparent_age, age_value + response_delay)
 

@@ -7,6 +7,7 @@ delete, purge) goes through `_unlink`, so the indexes stay exact.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from cachetools import LRUCache
 
 # Bookkeeping per entry beyond body and headers (the object, its slots, index set members).
 ENTRY_OVERHEAD = 400
+# Purges remembered to judge responses that were being fetched while they were applied.
+RECENT_PURGES = 4096
 
 
 @dataclass(slots=True, eq=False)
@@ -57,6 +60,11 @@ class Store:
         self._by_url: dict[str, dict[str, Entry]] = {}
         self._by_tag: dict[str, set[str]] = {}
         self.evictions = 0
+        # Every purge gets a serial; a fetch notes the serial when it starts, and what it brings
+        # back is stored as already stale if a purge since then matches it (no purged content
+        # re-enters through a fetch that was in flight while the purge was applied).
+        self.purge_serial = 0
+        self._recent: deque[tuple[int, Callable[[Entry], bool]]] = deque(maxlen=RECENT_PURGES)
 
     # -- reading --------------------------------------------------------------
     def variants(self, url: str) -> list[Entry]:
@@ -88,8 +96,10 @@ class Store:
     def fits(self, body_size: int) -> bool:
         return body_size <= self.max_object_size
 
-    def put(self, entry: Entry, replaces: Iterable[Entry] = ()) -> bool:
-        """Store `entry` in place of `replaces` (variants it supersedes); False if it is too large."""
+    def put(self, entry: Entry, replaces: Iterable[Entry] = (), fetched_at: int | None = None) -> bool:
+        """Store `entry` in place of `replaces`; False if too large. `fetched_at`: the purge serial when its fetch began."""
+        if fetched_at is not None and self.purged_since(fetched_at, entry):
+            entry.soft_purged = True
         for old in replaces:
             self.delete(old.key)
         if entry.key in self._lru:
@@ -126,6 +136,18 @@ class Store:
                     del self._by_tag[tag]
 
     # -- purging --------------------------------------------------------------
+    def purged_since(self, serial: int, entry: Entry) -> bool:
+        """Whether a purge applied after `serial` matches `entry` (True when too long ago to tell)."""
+        if serial >= self.purge_serial:
+            return False
+        if not self._recent or self._recent[0][0] > serial + 1:
+            return True
+        return any(s > serial and matches(entry) for s, matches in reversed(self._recent))
+
+    def _record(self, matches: Callable[[Entry], bool]) -> None:
+        self.purge_serial += 1
+        self._recent.append((self.purge_serial, matches))
+
     def _purge_keys(self, keys: Iterable[str], soft: bool) -> int:
         count = 0
         for key in list(keys):
@@ -140,21 +162,26 @@ class Store:
 
     def purge_url(self, url: str, soft: bool = False) -> int:
         """Every variant of one URL key."""
+        self._record(lambda e: e.url == url)
         return self._purge_keys(self._by_url.get(url, {}).keys(), soft)
 
     def purge_prefix(self, prefix: str, soft: bool = False) -> int:
         """Every URL key starting with `prefix`."""
+        self._record(lambda e: e.url.startswith(prefix))
         keys = [k for url, ks in self._by_url.items() if url.startswith(prefix) for k in ks]
         return self._purge_keys(keys, soft)
 
     def purge_tags(self, tags: Iterable[str], soft: bool = False) -> int:
         """Every entry carrying any of `tags`."""
+        tags = frozenset(tags)
+        self._record(lambda e: not tags.isdisjoint(e.tags))
         keys: set[str] = set()
         for tag in tags:
             keys.update(self._by_tag.get(tag, ()))
         return self._purge_keys(keys, soft)
 
     def purge_all(self, soft: bool = False) -> int:
+        self._record(lambda e: True)
         if soft:
             return self._purge_keys(list(self._lru.keys()), soft=True)
         count = len(self._lru)

@@ -1,0 +1,131 @@
+"""The edge's side of the purge fan-out: read the purge log in order, apply, acknowledge, heartbeat.
+
+Hits never wait on this: it runs as one background task. While the log is
+unreachable the edge keeps serving what it holds and retries; when it comes
+back the edge catches up from its own position. If entries were trimmed past
+that position, or the log was lost and started anew (its epoch changed), the
+edge cannot know what it missed and empties its cache instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge.store import Store
+from purge_api.log import EdgeInfo, LogUnavailable, Purge, PurgeLog
+
+log = logging.getLogger("cdn.edge.purge")
+
+
+def url_key(value: str) -> str:
+    """The store's URL key (host + path?query) of a purge value given as a URL or as host/path."""
+    if "://" in value:
+        parts = urlsplit(value)
+        return parts.netloc.lower() + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host, slash, rest = value.partition("/")
+    return host.lower() + slash + rest
+
+
+def apply_purge(store: Store, purge: Purge) -> int:
+    """Apply one purge to the store; the number of entries removed or marked stale."""
+    if purge.kind == "url":
+        return sum(store.purge_url(url_key(v), purge.soft) for v in purge.values)
+    if purge.kind == "prefix":
+        return sum(store.purge_prefix(url_key(v), purge.soft) for v in purge.values)
+    if purge.kind == "tag":
+        return store.purge_tags(purge.values, purge.soft)
+    if purge.kind == "all":
+        return store.purge_all(purge.soft)
+    raise ValueError(f"unknown purge kind {purge.kind!r}")
+
+
+class PurgeListener:
+    """Keeps one edge's store in step with the purge log and the edge registered."""
+
+    def __init__(self, purge_log: PurgeLog, store: Store, info: EdgeInfo, heartbeat_interval: float = 1.0,
+                 stats: Callable[[], dict[str, Any]] | None = None, count: Callable[[str, int], None] | None = None) -> None:
+        self.log = purge_log
+        self.store = store
+        self.info = info
+        self.heartbeat_interval = heartbeat_interval
+        self.stats = stats or (lambda: {})
+        self.count = count or (lambda name, n: None)
+        self.epoch: str | None = None
+        self.position: str | None = None
+        self.connected = False
+        self.lag: list[float] = []  # seconds from purge creation to application, recent ones
+        self._task: asyncio.Task[None] | None = None
+        self._last_heartbeat = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self.sync()
+                self.connected = True
+                backoff = 0.05
+                while True:
+                    entries = await self.log.read(self.position, block=self.heartbeat_interval)
+                    if entries:
+                        await self.apply(entries)
+                    if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:
+                        await self.heartbeat()
+            except LogUnavailable as exc:
+                if self.connected:
+                    log.warning("edge %s lost the purge log: %s", self.info.id, exc)
+                self.connected = False
+                self.count("purge_log_unavailable", 1)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def sync(self) -> None:
+        """On (re)connection: take the log's position, or catch up, or flush if what we missed is unknowable."""
+        epoch = await self.log.epoch()
+        if self.position is None or epoch != self.epoch or await self.log.missed_since(self.position):
+            if self.position is not None:
+                flushed = self.store.purge_all()
+                self.count("purge_log_flush", 1)
+                log.warning("edge %s emptied its cache (%d entries): the purge log was %s", self.info.id, flushed,
+                            "reset" if epoch != self.epoch else "trimmed past its position")
+            self.epoch = epoch
+            self.position = await self.log.tail()
+            self.info.clean_through = self.position
+            self.info.applied_through = self.position
+        await self.heartbeat()
+
+    async def apply(self, entries: list[tuple[str, Purge]]) -> None:
+        """Apply in order, then acknowledge the batch (an ack is only ever sent after the purge took effect)."""
+        now = time.time()
+        for position, purge in entries:
+            removed = apply_purge(self.store, purge)
+            self.count("purges_applied", 1)
+            self.count("purged_objects", removed)
+            self.lag.append(max(0.0, now - purge.created_at))
+            self.position = position
+        del self.lag[:-1000]
+        self.info.applied_through = self.position or self.info.applied_through
+        await self.log.ack(self.info.id, entries, time.time())
+        await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        self.info.heartbeat_at = time.time()
+        self.info.stats = self.stats()
+        await self.log.heartbeat(self.info)
+        self._last_heartbeat = time.monotonic()
