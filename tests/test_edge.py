@@ -372,3 +372,53 @@ def test_malformed_header_values_from_origin_do_not_crash_the_edge(rig: Rig) -> 
                                              ("Expires", "yesterday"), ("Vary", ",,,"), ("Date", "0")]))
     assert rig.get("/odd").status_code == 200
     assert rig.get("/odd").status_code == 200
+
+
+def test_bytes_past_a_too_short_content_length_never_answer_another_request() -> None:
+    # An origin whose Content-Length is shorter than its body leaves bytes on the connection;
+    # reusing it would hand the next request those bytes as its answer (an edge/origin desync).
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    served: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                buffer = b""
+                while True:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    buffer += data
+                    while b"\r\n\r\n" in buffer:
+                        head, buffer = buffer.split(b"\r\n\r\n", 1)
+                        path = head.split(b" ")[1].decode()
+                        served.append(path)
+                        body = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" if path == "/short" else path.encode()
+                        length = 5 if path == "/short" else len(body)
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (length, body))
+
+    threading.Thread(target=serve, daemon=True).start()
+    edge = create_app(EdgeSettings(origin=f"http://127.0.0.1:{port}"))
+    try:
+        with ThreadServer(edge, proxy=True) as server, httpx.Client(base_url=server.url) as client:
+            client.get("/short")
+            for i in range(5):
+                response = client.get(f"/next-{i}")
+                assert response.status_code == 200
+                assert response.text == f"/next-{i}"
+    finally:
+        listener.close()
+    assert served.count("/next-0") == 1  # answered once, not retried after a desync

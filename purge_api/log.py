@@ -1,0 +1,336 @@
+"""The purge log and the edge registry: one interface, kept in Redis or (for a single process) in memory.
+
+The log is an append-only sequence of purges with ordered positions (Redis
+stream ids, "ms-seq"). Every edge reads it from its own position and applies
+each purge in order; an edge that finds entries were trimmed past its position,
+or that the log itself was lost (its epoch changed), empties its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+PURGE_KINDS = ("url", "prefix", "tag", "all")
+
+
+def position_key(position: str) -> tuple[int, int]:
+    """Stream ids compare as (milliseconds, sequence)."""
+    ms, _, seq = position.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def after(a: str, b: str) -> bool:
+    """Whether position `a` comes after position `b`."""
+    return position_key(a) > position_key(b)
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """One invalidation as logged. Events are resolved to tags before logging."""
+
+    id: str
+    kind: str  # url | prefix | tag | all
+    values: tuple[str, ...] = ()
+    soft: bool = False
+    created_at: float = 0.0
+    version: int | None = None  # a version fence: refuse to store anything older (see edge)
+    event: str | None = None  # the event that caused it, for display
+
+    def to_fields(self) -> dict[str, str]:
+        data = asdict(self)
+        data["values"] = list(self.values)
+        return {"purge": json.dumps(data, separators=(",", ":"))}
+
+    @classmethod
+    def from_fields(cls, fields: dict[Any, Any]) -> Purge:
+        raw = fields.get("purge") or fields.get(b"purge")
+        data = json.loads(raw)
+        data["values"] = tuple(data.get("values", ()))
+        return cls(**data)
+
+
+@dataclass(slots=True)
+class EdgeInfo:
+    """An edge as the registry knows it."""
+
+    id: str
+    region: str = ""
+    address: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    heartbeat_at: float = 0.0
+    applied_through: str = "0-0"  # last log position applied, in order
+    clean_through: str = "0-0"  # the edge holds nothing from before this position (it started or flushed here)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> EdgeInfo:
+        return cls(**json.loads(raw))
+
+    def has_applied(self, position: str) -> bool:
+        return not after(position, self.applied_through) or not after(position, self.clean_through)
+
+
+class LogUnavailable(Exception):
+    """The log's store (Redis) cannot be reached or answered badly."""
+
+
+class PurgeLog(Protocol):
+    async def append(self, purge: Purge, idempotency_key: str | None = None, idempotency_ttl: float = 86400) -> tuple[str, Purge]:
+        """Log `purge` and return its position; with a key seen before, the first purge and position instead."""
+
+    async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
+        """Entries after `position`, waiting up to `block` seconds for the first."""
+
+    async def tail(self) -> str:
+        """The position of the newest entry ("0-0" when empty)."""
+
+    async def epoch(self) -> str:
+        """The identity of this log; a different answer means the log was lost and started anew."""
+
+    async def missed_since(self, position: str) -> bool:
+        """Whether entries after `position` were trimmed away before they could be read."""
+
+    async def find(self, purge_id: str) -> tuple[str, Purge] | None:
+        """A logged purge and its position."""
+
+    async def ack(self, edge_id: str, purges: list[tuple[str, Purge]], at: float) -> None:
+        """Record that `edge_id` applied these purges at `at`."""
+
+    async def acks(self, purge_id: str) -> dict[str, float]:
+        """Edge id -> time it applied `purge_id`."""
+
+    async def heartbeat(self, edge: EdgeInfo) -> None:
+        """Register or refresh an edge."""
+
+    async def edges(self) -> list[EdgeInfo]:
+        """Every registered edge (live or not)."""
+
+    async def close(self) -> None: ...
+
+
+def new_purge_id() -> str:
+    return "p-" + secrets.token_hex(8)
+
+
+class MemoryPurgeLog:
+    """The purge log for a single process (demo, tests): same behaviour, nothing shared between processes."""
+
+    def __init__(self, maxlen: int = 100_000) -> None:
+        self.maxlen = maxlen
+        self._entries: list[tuple[str, Purge]] = []
+        self._positions: dict[str, str] = {}  # purge id -> position
+        self._acks: dict[str, dict[str, float]] = {}
+        self._edges: dict[str, EdgeInfo] = {}
+        self._idempotency: dict[str, tuple[str, float]] = {}
+        self._epoch = secrets.token_hex(8)
+        self._max_trimmed = "0-0"
+        self._seq = 0
+        self._changed = asyncio.Event()
+
+    def _next_position(self) -> str:
+        ms = int(time.time() * 1000)
+        last = self._entries[-1][0] if self._entries else self._max_trimmed
+        last_ms, last_seq = position_key(last)
+        if ms <= last_ms:
+            return f"{last_ms}-{last_seq + 1}"
+        return f"{ms}-0"
+
+    async def append(self, purge: Purge, idempotency_key: str | None = None, idempotency_ttl: float = 86400) -> tuple[str, Purge]:
+        now = time.time()
+        if idempotency_key is not None:
+            seen = self._idempotency.get(idempotency_key)
+            if seen is not None and seen[1] > now and seen[0] in self._positions:
+                found = await self.find(seen[0])
+                if found is not None:
+                    return found
+            self._idempotency[idempotency_key] = (purge.id, now + idempotency_ttl)
+        position = self._next_position()
+        self._entries.append((position, purge))
+        self._positions[purge.id] = position
+        if len(self._entries) > self.maxlen:
+            dropped = self._entries[: len(self._entries) - self.maxlen]
+            del self._entries[: len(dropped)]
+            self._max_trimmed = dropped[-1][0]
+            for _, old in dropped:
+                self._positions.pop(old.id, None)
+                self._acks.pop(old.id, None)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return position, purge
+
+    async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
+        deadline = time.monotonic() + block
+        while True:
+            newer = [e for e in self._entries if after(e[0], position)][:count]
+            remaining = deadline - time.monotonic()
+            if newer or remaining <= 0:
+                return newer
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return []
+
+    async def tail(self) -> str:
+        return self._entries[-1][0] if self._entries else self._max_trimmed
+
+    async def epoch(self) -> str:
+        return self._epoch
+
+    async def missed_since(self, position: str) -> bool:
+        return after(self._max_trimmed, position)
+
+    async def find(self, purge_id: str) -> tuple[str, Purge] | None:
+        position = self._positions.get(purge_id)
+        if position is None:
+            return None
+        for entry in self._entries:
+            if entry[0] == position:
+                return entry
+        return None
+
+    async def ack(self, edge_id: str, purges: list[tuple[str, Purge]], at: float) -> None:
+        for _, purge in purges:
+            if purge.id in self._positions:
+                self._acks.setdefault(purge.id, {})[edge_id] = at
+
+    async def acks(self, purge_id: str) -> dict[str, float]:
+        return dict(self._acks.get(purge_id, {}))
+
+    async def heartbeat(self, edge: EdgeInfo) -> None:
+        self._edges[edge.id] = EdgeInfo(**asdict(edge))
+
+    async def edges(self) -> list[EdgeInfo]:
+        return [EdgeInfo(**asdict(e)) for e in self._edges.values()]
+
+    async def close(self) -> None:
+        return None
+
+
+# XADD and the id -> position index in one step, so a logged purge can always be found by id.
+_APPEND = """
+local position = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'purge', ARGV[2])
+redis.call('SET', KEYS[2], position, 'EX', ARGV[3])
+return position
+"""
+
+
+class RedisPurgeLog:
+    """The purge log in Redis: a stream trimmed by length, an epoch key, ack hashes and an edge registry hash."""
+
+    def __init__(self, url: str, prefix: str = "cdn:", maxlen: int = 100_000, record_ttl: int = 86400,
+                 timeout: float = 2.0) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout + 5,
+                                       decode_responses=True)
+        self.prefix = prefix
+        self.stream = prefix + "purge-log"
+        self.maxlen = maxlen
+        self.record_ttl = record_ttl
+        self._append = self.redis.register_script(_APPEND)
+
+    async def _call(self, coro: Any) -> Any:
+        import redis.exceptions
+
+        try:
+            return await coro
+        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise LogUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from None
+
+    async def append(self, purge: Purge, idempotency_key: str | None = None, idempotency_ttl: float = 86400) -> tuple[str, Purge]:
+        ttl = int(idempotency_ttl)
+        if idempotency_key is not None:
+            key = f"{self.prefix}idem:{idempotency_key}"
+            if not await self._call(self.redis.set(key, purge.id, nx=True, ex=ttl)):
+                first = await self._call(self.redis.get(key))
+                for _ in range(20):  # the first call may be logging it right now
+                    found = await self.find(first) if first else None
+                    if found is not None:
+                        return found
+                    await asyncio.sleep(0.05)
+                await self._call(self.redis.set(key, purge.id, ex=ttl))
+        fields = purge.to_fields()["purge"]
+        position = await self._call(self._append(keys=[self.stream, f"{self.prefix}purge:{purge.id}"],
+                                                 args=[self.maxlen, fields, self.record_ttl]))
+        return position, purge
+
+    async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
+        answer = await self._call(self.redis.xread({self.stream: position}, count=count, block=max(1, int(block * 1000))))
+        if not answer:
+            return []
+        _, entries = answer[0]
+        return [(entry_id, Purge.from_fields(fields)) for entry_id, fields in entries]
+
+    async def _info(self) -> dict[str, Any] | None:
+        import redis.exceptions
+
+        try:
+            return await self.redis.xinfo_stream(self.stream)
+        except redis.exceptions.ResponseError:
+            return None  # no such stream yet
+        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise LogUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from None
+
+    async def tail(self) -> str:
+        info = await self._info()
+        return info["last-generated-id"] if info else "0-0"
+
+    async def epoch(self) -> str:
+        key = self.prefix + "epoch"
+        await self._call(self.redis.set(key, secrets.token_hex(8), nx=True))
+        return await self._call(self.redis.get(key))
+
+    async def missed_since(self, position: str) -> bool:
+        info = await self._info()
+        if info is None:
+            return position != "0-0"
+        if after(position, info["last-generated-id"]):
+            return True  # the log is behind us: it was reset
+        return after(info.get("max-deleted-entry-id", "0-0"), position)
+
+    async def find(self, purge_id: str) -> tuple[str, Purge] | None:
+        position = await self._call(self.redis.get(f"{self.prefix}purge:{purge_id}"))
+        if not position:
+            return None
+        entries = await self._call(self.redis.xrange(self.stream, position, position))
+        if not entries:
+            return None
+        return entries[0][0], Purge.from_fields(entries[0][1])
+
+    async def ack(self, edge_id: str, purges: list[tuple[str, Purge]], at: float) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, purge in purges:
+                key = f"{self.prefix}acks:{purge.id}"
+                pipe.hset(key, edge_id, repr(at))
+                pipe.expire(key, self.record_ttl)
+            await self._call(pipe.execute())
+
+    async def acks(self, purge_id: str) -> dict[str, float]:
+        raw = await self._call(self.redis.hgetall(f"{self.prefix}acks:{purge_id}"))
+        return {edge: float(at) for edge, at in raw.items()}
+
+    async def heartbeat(self, edge: EdgeInfo) -> None:
+        await self._call(self.redis.hset(self.prefix + "edges", edge.id, edge.to_json()))
+
+    async def edges(self) -> list[EdgeInfo]:
+        raw = await self._call(self.redis.hgetall(self.prefix + "edges"))
+        return [EdgeInfo.from_json(v) for v in raw.values()]
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def open_log(redis_url: str | None, **kwargs: Any) -> PurgeLog:
+    """Redis when a URL is given, else the in-process log."""
+    if redis_url:
+        return RedisPurgeLog(redis_url, **kwargs)
+    return MemoryPurgeLog(kwargs.get("maxlen", 100_000))
