@@ -21,6 +21,7 @@ from cdn.config import ServiceSettings, SettingsError, env_prefix, load_settings
 SERVICES: dict[str, tuple[str, str, str]] = {
     "edge": ("edge.settings:EdgeSettings", "edge.app:create_app", "run an edge node (caching reverse proxy)"),
     "origin": ("origin_mock.settings:OriginSettings", "origin_mock.app:create_app", "run the origin mock (a small shop)"),
+    "purge-api": ("purge_api.settings:PurgeApiSettings", "purge_api.app:create_app", "run the purge service"),
 }
 
 
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (settings_ref, _, summary) in SERVICES.items():
         service_parser = sub.add_parser(name, help=summary, description=summary)
         add_settings_flags(service_parser, _load(settings_ref))
+    from cdn import purge_client
+
+    purge = sub.add_parser("purge", help="purge through the purge API",
+                           description="Purge by URL, prefix, tag, event or everything, on every edge.")
+    purge_client.add_arguments(purge)
     demo = sub.add_parser("demo", help="run an origin and an edge locally and show a miss, then a hit",
                           description="Start the origin mock and an edge in front of it on loopback and print how to try them.")
     demo.add_argument("--origin-port", type=int, default=9000)
@@ -97,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "purge":
+            from cdn import purge_client
+
+            return purge_client.run(args)
         if args.command == "demo":
             from cdn.demo import run_demo
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hmac
 import json
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from edge.purge_listener import apply_purge
+from purge_api.log import Purge
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -18,15 +20,6 @@ if TYPE_CHECKING:
 PURGE_KINDS = ("url", "prefix", "tag", "all")
 MAX_PURGE_VALUES = 256
 MAX_BODY = 64 * 1024
-
-
-def url_key(value: str) -> str:
-    """The store's URL key (host + path?query) for a purge value given as a URL or as host/path."""
-    if "://" in value:
-        parts = urlsplit(value)
-        return parts.netloc.lower() + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host, slash, rest = value.partition("/")
-    return host.lower() + slash + rest
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -85,15 +78,7 @@ def build_admin(edge: Edge) -> Starlette:
             return _error(422, f"at most {MAX_PURGE_VALUES} values per purge")
         if kind != "all" and not values:
             return _error(422, f"a {kind} purge needs at least one value")
-        store = edge.store
-        if kind == "url":
-            count = sum(store.purge_url(url_key(v), soft) for v in values)
-        elif kind == "prefix":
-            count = sum(store.purge_prefix(url_key(v), soft) for v in values)
-        elif kind == "tag":
-            count = store.purge_tags(values, soft)
-        else:
-            count = store.purge_all(soft)
+        count = apply_purge(edge.store, Purge(id="local", kind=kind, values=tuple(values), soft=soft))
         edge.count("admin_purge")
         return JSONResponse({"kind": kind, "soft": soft, "purged": count})
 

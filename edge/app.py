@@ -25,8 +25,10 @@ import httpx
 from edge import policy as rfc
 from edge.headers import Directives, Headers, format_http_date, normalise_selecting_value, parse_range, parse_vary, surrogate_keys
 from edge.origin import Origin, OriginError, OriginResponse
+from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
 from edge.store import Entry, Store
+from purge_api.log import EdgeInfo, PurgeLog, open_log
 
 log = logging.getLogger("cdn.edge")
 
@@ -105,7 +107,7 @@ def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> 
 class Edge:
     """The edge node as an ASGI application."""
 
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(self, settings: EdgeSettings, purge_log: PurgeLog | None = None) -> None:
         self.settings = settings
         self.id = settings.id
         self.policy = rfc.CachePolicy(
@@ -116,6 +118,8 @@ class Edge:
         )
         self.store = Store(settings.cache_size, settings.max_object_size)
         self.origin: Origin | None = None
+        self.purge_log = purge_log
+        self.listener: PurgeListener | None = None
         self.refreshing: dict[str, asyncio.Task[None]] = {}
         self.counters: dict[str, int] = {}
         self._via = f"1.1 {settings.id}"
@@ -147,18 +151,41 @@ class Edge:
                 return
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()  # the loop serving this edge (tests drive it from threads)
         if self.origin is None:
             self.origin = Origin(self.settings.origin, self.settings.connect_timeout, self.settings.origin_timeout)
+        if self.listener is None and (self.purge_log is not None or self.settings.redis):
+            if self.purge_log is None:
+                self.purge_log = open_log(self.settings.redis, prefix=self.settings.redis_prefix)
+            s = self.settings
+            info = EdgeInfo(id=s.id, region=s.region, address=s.advertise_url or f"http://{s.host}:{s.port}",
+                            latitude=s.latitude, longitude=s.longitude)
+            self.listener = PurgeListener(self.purge_log, self.store, info, s.heartbeat_interval,
+                                          stats=self.registry_stats, count=self.count)
+            self.listener.start()
 
     async def stop(self) -> None:
         for task in list(self.refreshing.values()):
             task.cancel()
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+            if self.settings.redis and self.purge_log is not None:
+                await self.purge_log.close()
+                self.purge_log = None
         if self.origin is not None:
             await self.origin.aclose()
             self.origin = None
 
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def registry_stats(self) -> dict[str, Any]:
+        """What the edge tells the registry about itself with each heartbeat."""
+        c = self.counters
+        return {"hits": c.get("hit", 0) + c.get("hit_stale", 0), "misses": c.get("miss", 0),
+                "revalidations": c.get("revalidate", 0), "passes": c.get("pass", 0),
+                "objects": len(self.store), "bytes": self.store.size}
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     # -- receive --------------------------------------------------------------
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -519,6 +546,6 @@ class Edge:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: EdgeSettings | None = None) -> Edge:
-    """The edge as an ASGI app (uvicorn: `--factory edge.app:create_app`)."""
-    return Edge(settings or EdgeSettings())
+def create_app(settings: EdgeSettings | None = None, purge_log: PurgeLog | None = None) -> Edge:
+    """The edge as an ASGI app (uvicorn: `--factory edge.app:create_app`); `purge_log` for an in-process fleet."""
+    return Edge(settings or EdgeSettings(), purge_log)

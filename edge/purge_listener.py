@@ -57,6 +57,7 @@ class PurgeListener:
         self.count = count or (lambda name, n: None)
         self.epoch: str | None = None
         self.position: str | None = None
+        self.appended = 0  # entries ever appended to the log up to `position`
         self.connected = False
         self.lag: list[float] = []  # seconds from purge creation to application, recent ones
         self._task: asyncio.Task[None] | None = None
@@ -86,7 +87,9 @@ class PurgeListener:
                     if entries:
                         await self.apply(entries)
                     if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:
-                        await self.heartbeat()
+                        # Also re-checks the epoch: a client that reconnects by itself would
+                        # otherwise hide a Redis that restarted empty.
+                        await self.sync()
             except LogUnavailable as exc:
                 if self.connected:
                     log.warning("edge %s lost the purge log: %s", self.info.id, exc)
@@ -98,14 +101,14 @@ class PurgeListener:
     async def sync(self) -> None:
         """On (re)connection: take the log's position, or catch up, or flush if what we missed is unknowable."""
         epoch = await self.log.epoch()
-        if self.position is None or epoch != self.epoch or await self.log.missed_since(self.position):
+        if self.position is None or epoch != self.epoch or await self.log.missed_since(self.appended):
             if self.position is not None:
                 flushed = self.store.purge_all()
                 self.count("purge_log_flush", 1)
                 log.warning("edge %s emptied its cache (%d entries): the purge log was %s", self.info.id, flushed,
                             "reset" if epoch != self.epoch else "trimmed past its position")
             self.epoch = epoch
-            self.position = await self.log.tail()
+            self.position, self.appended = await self.log.tail()
             self.info.clean_through = self.position
             self.info.applied_through = self.position
         await self.heartbeat()
@@ -119,6 +122,7 @@ class PurgeListener:
             self.count("purged_objects", removed)
             self.lag.append(max(0.0, now - purge.created_at))
             self.position = position
+            self.appended += 1
         del self.lag[:-1000]
         self.info.applied_through = self.position or self.info.applied_through
         await self.log.ack(self.info.id, entries, time.time())

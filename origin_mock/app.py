@@ -15,10 +15,11 @@ Control (neither counted nor faulted):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from typing import Any, NamedTuple, TypeVar
 
@@ -37,6 +38,7 @@ from origin_mock.catalog import CATALOG_EPOCH, Catalog, Product, ProductNotFound
 from origin_mock.conditional import match, not_modified
 from origin_mock.faults import FaultPolicy, FaultSettings
 from origin_mock.middleware import Accounting, FaultInjection, Sleep
+from origin_mock.purges import PurgeNotifier
 from origin_mock.settings import OriginSettings
 from origin_mock.stats import RequestStats
 
@@ -98,6 +100,7 @@ class Shop:
 
     def __init__(self, settings: OriginSettings, catalog: Catalog, assets: AssetStore) -> None:
         self.settings = settings
+        self.purges = PurgeNotifier(settings.purge_api, settings.purge_token)
         self.catalog = catalog
         self.assets = assets
         self.carts = Carts()
@@ -144,7 +147,7 @@ class Shop:
         if if_match is not None and not match(if_match, product.etag):
             raise HTTPException(412, f"product {product.id} is at version {product.version}")
         product = self.catalog.update(product.id, changes.model_dump(exclude_none=True))
-        headers = self._product_headers(product) | NO_STORE
+        headers = self._product_headers(product) | NO_STORE | await self.purges.product_changed(product)
         return Response(product.json_body, media_type=JSON, headers=headers)
 
     def _render_page(self, number: int) -> RenderedPage:
@@ -276,6 +279,15 @@ def _error_handler(not_found_max_age: int) -> Callable[[Request, Exception], Any
     return http_error
 
 
+def _closing(notifier: PurgeNotifier) -> Callable[[Starlette], Any]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await notifier.aclose()
+
+    return lifespan
+
+
 def create_app(
     settings: OriginSettings,
     *,
@@ -315,6 +327,7 @@ def create_app(
         exception_handlers={HTTPException: _error_handler(settings.not_found_max_age)},
         max_body_size=MAX_REQUEST_BODY,
     )
+    app.router.lifespan_context = _closing(shop.purges)
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.assets = assets

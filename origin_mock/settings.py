@@ -24,6 +24,8 @@ class _ServerAndShop(ServiceSettings):
     not_found_max_age: int = Field(10, ge=0, description="max-age of 404 responses, seconds")
     assets: int = Field(100, ge=0, le=1_000_000, description="static assets per kind (js, css, img), numbered 1..assets")
     asset_cache_bytes: int = Field(64 * 1024 * 1024, ge=0, description="memory for generated asset bodies (LRU), bytes")
+    purge_api: str | None = Field(None, description="purge API base URL: every product change sends it a product.updated event purge")
+    purge_token: str | None = Field(None, description="bearer token for the purge API")
     seed: int | None = Field(None, description="seed of the fault and jitter random source (unset: unpredictable)")
 
 

@@ -90,14 +90,14 @@ class PurgeLog(Protocol):
     async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
         """Entries after `position`, waiting up to `block` seconds for the first."""
 
-    async def tail(self) -> str:
-        """The position of the newest entry ("0-0" when empty)."""
+    async def tail(self) -> tuple[str, int]:
+        """The newest position ("0-0" when empty) and how many entries were ever appended up to it."""
 
     async def epoch(self) -> str:
         """The identity of this log; a different answer means the log was lost and started anew."""
 
-    async def missed_since(self, position: str) -> bool:
-        """Whether entries after `position` were trimmed away before they could be read."""
+    async def missed_since(self, appended: int) -> bool:
+        """Whether entries after the `appended`-th were trimmed away before they could be read."""
 
     async def find(self, purge_id: str) -> tuple[str, Purge] | None:
         """A logged purge and its position."""
@@ -133,7 +133,7 @@ class MemoryPurgeLog:
         self._idempotency: dict[str, tuple[str, float]] = {}
         self._epoch = secrets.token_hex(8)
         self._max_trimmed = "0-0"
-        self._seq = 0
+        self._appended = 0
         self._changed = asyncio.Event()
 
     def _next_position(self) -> str:
@@ -155,6 +155,7 @@ class MemoryPurgeLog:
             self._idempotency[idempotency_key] = (purge.id, now + idempotency_ttl)
         position = self._next_position()
         self._entries.append((position, purge))
+        self._appended += 1
         self._positions[purge.id] = position
         if len(self._entries) > self.maxlen:
             dropped = self._entries[: len(self._entries) - self.maxlen]
@@ -179,14 +180,15 @@ class MemoryPurgeLog:
             except asyncio.TimeoutError:
                 return []
 
-    async def tail(self) -> str:
-        return self._entries[-1][0] if self._entries else self._max_trimmed
+    async def tail(self) -> tuple[str, int]:
+        return (self._entries[-1][0] if self._entries else self._max_trimmed), self._appended
 
     async def epoch(self) -> str:
         return self._epoch
 
-    async def missed_since(self, position: str) -> bool:
-        return after(self._max_trimmed, position)
+    async def missed_since(self, appended: int) -> bool:
+        trimmed = self._appended - len(self._entries)
+        return trimmed > appended or appended > self._appended
 
     async def find(self, purge_id: str) -> tuple[str, Purge] | None:
         position = self._positions.get(purge_id)
@@ -229,9 +231,16 @@ class RedisPurgeLog:
     def __init__(self, url: str, prefix: str = "cdn:", maxlen: int = 100_000, record_ttl: int = 86400,
                  timeout: float = 2.0) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
+        # One quick retry covers a pooled connection that died with a Redis restart; a purge
+        # applied twice is harmless, a purge lost is not.
         self.redis = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout + 5,
-                                       decode_responses=True)
+                                       decode_responses=True,
+                                       retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+                                       retry_on_error=[RedisConnectionError])
         self.prefix = prefix
         self.stream = prefix + "purge-log"
         self.maxlen = maxlen
@@ -280,22 +289,23 @@ class RedisPurgeLog:
         except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
             raise LogUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from None
 
-    async def tail(self) -> str:
+    async def tail(self) -> tuple[str, int]:
         info = await self._info()
-        return info["last-generated-id"] if info else "0-0"
+        return (info["last-generated-id"], int(info["entries-added"])) if info else ("0-0", 0)
 
     async def epoch(self) -> str:
         key = self.prefix + "epoch"
         await self._call(self.redis.set(key, secrets.token_hex(8), nx=True))
         return await self._call(self.redis.get(key))
 
-    async def missed_since(self, position: str) -> bool:
+    async def missed_since(self, appended: int) -> bool:
+        # Entries only ever leave from the front (trimming), so the ones gone are the first
+        # entries-added - length; a count below ours means the stream started over.
         info = await self._info()
         if info is None:
-            return position != "0-0"
-        if after(position, info["last-generated-id"]):
-            return True  # the log is behind us: it was reset
-        return after(info.get("max-deleted-entry-id", "0-0"), position)
+            return appended > 0
+        added = int(info["entries-added"])
+        return added - int(info["length"]) > appended or appended > added
 
     async def find(self, purge_id: str) -> tuple[str, Purge] | None:
         position = await self._call(self.redis.get(f"{self.prefix}purge:{purge_id}"))

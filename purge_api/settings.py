@@ -1,0 +1,51 @@
+"""Settings of the purge service (`[purge-api]` in the config file, `CDN_PURGE_API_*` in the environment)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from cdn.config import ServiceSettings
+
+DEFAULT_EVENTS = {
+    "product.updated": ["product-{id}", "products"],
+    "product.deleted": ["product-{id}", "products"],
+    "catalog.reloaded": ["products"],
+}
+
+
+class PurgeApiSettings(ServiceSettings):
+    section = "purge-api"
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8090, ge=0, le=65535, description="port to listen on")
+    redis: str | None = Field(None, description="Redis URL of the purge log (unset: in-process log, single process only)")
+    redis_prefix: str = Field("cdn:", description="prefix of every Redis key")
+    token: str | None = Field(None, description="bearer token allowed to purge and read (unset: the API refuses every call)")
+    read_tokens: list[str] = Field(default_factory=list, description="bearer tokens that may read purge status but not purge")
+    events: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_EVENTS),
+                                         description="event name -> tag templates, e.g. {\"product.updated\": [\"product-{id}\"]}")
+    max_values: int = Field(256, ge=1, le=10_000, description="most URLs, prefixes or tags in one purge")
+    max_body: int = Field(64 * 1024, ge=1024, description="largest request body in bytes (413 beyond)")
+    live_after: float = Field(5.0, gt=0, description="an edge is live while its last heartbeat is younger than this (seconds)")
+    max_wait: float = Field(30.0, gt=0, description="longest a caller may wait for acknowledgements (seconds)")
+    log_maxlen: int = Field(100_000, ge=100, description="purge log length kept (an edge further behind empties its cache)")
+    idempotency_ttl: int = Field(86400, gt=0, description="seconds an Idempotency-Key is remembered")
+    repurge_delay: float = Field(0.0, ge=0, description="repeat every purge after this many seconds (0: off), for origins with lagging replicas")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="server log level")
+
+    @field_validator("events")
+    @classmethod
+    def _templates_are_formattable(cls, events: dict[str, list[str]]) -> dict[str, list[str]]:
+        import string
+
+        for name, templates in events.items():
+            if not templates:
+                raise ValueError(f"event {name!r} maps to no tags")
+            for template in templates:
+                try:
+                    list(string.Formatter().parse(template))
+                except ValueError as exc:
+                    raise ValueError(f"event {name!r}: bad template {template!r}: {exc}") from None
+        return events
