@@ -40,7 +40,8 @@ def build_admin(edge: Edge) -> Starlette:
         return None
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "id": edge.id, "region": edge.settings.region})
+        # in_flight lets a resource-based balancer in front of the edges steer by load.
+        return JSONResponse({"status": "ok", "id": edge.id, "region": edge.settings.region, "in_flight": edge.in_flight})
 
     async def stats(request: Request) -> JSONResponse:
         if (denied := authorised(request)) is not None:
@@ -82,8 +83,14 @@ def build_admin(edge: Edge) -> Starlette:
         edge.count("admin_purge")
         return JSONResponse({"kind": kind, "soft": soft, "purged": count})
 
+    async def pool(request: Request) -> JSONResponse:
+        if (denied := authorised(request)) is not None:
+            return denied
+        return JSONResponse(edge.upstream.snapshot() if edge.upstream is not None else {})
+
     return Starlette(routes=[
         Route("/_edge/health", health),
+        Route("/_edge/pool", pool),
         Route("/_edge/stats", stats),
         Route("/_edge/purge", purge, methods=["POST"]),
     ])

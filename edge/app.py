@@ -23,14 +23,27 @@ from urllib.parse import urlsplit
 import httpx
 
 from edge import policy as rfc
-from edge.headers import Directives, Headers, format_http_date, normalise_selecting_value, parse_range, parse_vary, surrogate_keys
-from edge.origin import Origin, OriginError, OriginResponse
+from edge.headers import (
+    Directives,
+    Headers,
+    format_http_date,
+    normalise_selecting_value,
+    parse_range,
+    parse_vary,
+    split_list,
+    surrogate_keys,
+)
+from edge.origin import OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
 from edge.store import Entry, Store
+from edge.upstream import Upstream
 from purge_api.log import EdgeInfo, PurgeLog, open_log
 
 log = logging.getLogger("cdn.edge")
+
+# A child edge tells its parent which purge log position it has applied (see `Edge.shield_caught_up`).
+PURGE_POSITION = "x-cdn-purge-position"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -39,7 +52,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 # Client fields the edge answers itself, so they are not sent on when it fetches to store.
 CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since", "if-range", "range"})
 # Client fields that are the edge's own business, never forwarded.
-NOT_FORWARDED = rfc.HOP_BY_HOP | {"host", "content-length", "surrogate-capability"}
+NOT_FORWARDED = rfc.HOP_BY_HOP | {"host", "content-length", "surrogate-capability", "cdn-loop", PURGE_POSITION}
 
 
 class BadRequest(Exception):
@@ -55,6 +68,8 @@ class ClientRequest:
     headers: Headers
     client: str
     directives: Directives = field(default=rfc.Directives({}))
+    loop_ids: frozenset[str] = frozenset()  # CDN-Loop (RFC 8586) entries this request already passed
+    surrogate: bool = False  # sent by a surrogate (a child edge): it gets the targeted and tag fields too
 
     @classmethod
     def from_scope(cls, scope: Scope, settings: EdgeSettings) -> ClientRequest:
@@ -83,6 +98,8 @@ class ClientRequest:
             headers=headers,
             client=client[0],
             directives=rfc.request_directives(headers),
+            loop_ids=frozenset(m.split(";")[0].strip() for m in split_list(headers.get_all("cdn-loop"))),
+            surrogate="surrogate-capability" in headers,
         )
 
 
@@ -117,10 +134,13 @@ class Edge:
             cache_set_cookie=settings.cache_set_cookie,
         )
         self.store = Store(settings.cache_size, settings.max_object_size)
-        self.origin: Origin | None = None
+        self.upstream: Upstream | None = None
         self.purge_log = purge_log
         self.listener: PurgeListener | None = None
         self.refreshing: dict[str, asyncio.Task[None]] = {}
+        self.flights: dict[str, asyncio.Event] = {}  # cache key -> set when its fetch is done (coalescing)
+        self.hit_for_miss: dict[str, float] = {}  # cache key -> until when it skips coalescing
+        self.in_flight = 0
         self.counters: dict[str, int] = {}
         self._via = f"1.1 {settings.id}"
         self._strip = set(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS) if settings.strip_surrogate_headers else set()
@@ -152,8 +172,9 @@ class Edge:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()  # the loop serving this edge (tests drive it from threads)
-        if self.origin is None:
-            self.origin = Origin(self.settings.origin, self.settings.connect_timeout, self.settings.origin_timeout)
+        if self.upstream is None:
+            self.upstream = Upstream(self.settings)
+            await self.upstream.start()
         if self.listener is None and (self.purge_log is not None or self.settings.redis):
             if self.purge_log is None:
                 self.purge_log = open_log(self.settings.redis, prefix=self.settings.redis_prefix)
@@ -173,9 +194,9 @@ class Edge:
             if self.settings.redis and self.purge_log is not None:
                 await self.purge_log.close()
                 self.purge_log = None
-        if self.origin is not None:
-            await self.origin.aclose()
-            self.origin = None
+        if self.upstream is not None:
+            await self.upstream.stop()
+            self.upstream = None
 
     def registry_stats(self) -> dict[str, Any]:
         """What the edge tells the registry about itself with each heartbeat."""
@@ -195,12 +216,27 @@ class Edge:
             self.count("bad_request")
             await self.send_error(send, 400, f"bad request: {exc}")
             return
-        if self.origin is None:
+        if self.upstream is None:
             await self.start()
-        if request.method in ("GET", "HEAD"):
-            await self.lookup(request, send)
-        else:
-            await self.pass_(request, receive, send)
+        if self.id in request.loop_ids:
+            self.count("loop_detected")
+            await self.send_error(send, 508, f"loop detected: this request already passed {self.id} (CDN-Loop)")
+            return
+        self.in_flight += 1
+        try:
+            if request.method in ("GET", "HEAD"):
+                await self.lookup(request, send)
+            else:
+                await self.pass_(request, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def shield_caught_up(self, request: ClientRequest) -> bool:
+        """As a parent: have we applied every purge the child asking us has? Wait a little if not."""
+        wanted = request.headers.get(PURGE_POSITION)
+        if wanted is None or self.listener is None:
+            return True
+        return await self.listener.wait_until_applied(wanted, timeout=1.0)
 
     # -- lookup ---------------------------------------------------------------
     def select(self, request: ClientRequest) -> tuple[Entry | None, bool]:
@@ -217,6 +253,11 @@ class Edge:
         return best, bool(variants)
 
     async def lookup(self, request: ClientRequest, send: Send) -> None:
+        if not await self.shield_caught_up(request):
+            # We have not applied a purge our child has: our copy may be what it purged.
+            self.count("shield_bypass")
+            await self.fetch(request, send, None, "bypass")
+            return
         entry, had_variants = self.select(request)
         only_if_cached = "only-if-cached" in request.directives
         if entry is None:
@@ -251,21 +292,79 @@ class Edge:
         out = [(k, v) for k, v in request.headers.items if k not in drop and k not in ("via", "x-forwarded-for")]
         via = ", ".join(request.headers.get_all("via") + [self._via])
         forwarded_for = ", ".join(request.headers.get_all("x-forwarded-for") + [request.client])
+        loop = ", ".join(request.headers.get_all("cdn-loop") + [self.id])
         out += [("via", via), ("x-forwarded-for", forwarded_for), ("x-forwarded-host", request.host),
-                ("x-forwarded-proto", "http"), ("surrogate-capability", f'{self.id}="Surrogate/1.0"')]
+                ("x-forwarded-proto", "http"), ("surrogate-capability", f'{self.id}="Surrogate/1.0"'),
+                ("cdn-loop", loop)]
         if stale is not None and to_store:
             out += rfc.validators(stale.meta.headers)
         return out
 
     async def fetch(self, request: ClientRequest, send: Send, stale: Entry | None, reason: str) -> None:
-        """Miss or revalidation: ask the origin, store what may be stored, deliver."""
-        assert self.origin is not None
+        """Miss or revalidation: wait for a fetch of the same key already under way, or make one."""
+        key = request.url
+        if request.method != "GET" or reason == "bypass" or self.hit_for_miss.get(key, 0.0) > time.monotonic():
+            await self.fetch_now(request, send, stale, reason)
+            return
+        flight = self.flights.get(key)
+        if flight is None:
+            flight = self.flights[key] = asyncio.Event()
+            try:
+                await self.fetch_now(request, send, stale, reason)
+            finally:
+                if self.flights.get(key) is flight:
+                    del self.flights[key]
+                flight.set()
+            return
+        if await self.follow(request, send, flight, reason):
+            return
+        await self.fetch_now(request, send, stale, reason)
+
+    async def follow(self, request: ClientRequest, send: Send, flight: asyncio.Event, reason: str) -> bool:
+        """Wait for another request's fetch and answer from what it stored; False if that is not possible."""
+        self.count("coalesced_wait")
+        waited_since = time.time()
+        try:
+            await asyncio.wait_for(flight.wait(), self.settings.coalesce_timeout)
+        except asyncio.TimeoutError:
+            self.count("coalesce_timeout")
+            return False
+        entry, _ = self.select(request)
+        if entry is None or entry.soft_purged:
+            return False
+        now = time.time()
+        fetched_for_us = entry.meta.freshness.response_time >= waited_since
+        if not fetched_for_us and rfc.reuse(entry.meta.freshness, request.directives, now) is not rfc.Reuse.FRESH:
+            return False
+        self.count("coalesced_hit")
+        await self.deliver(request, entry, send, None, now, fwd=f"fwd={reason}; collapsed")
+        return True
+
+    def remember_uncacheable(self, key: str) -> None:
+        """Hit-for-miss: later requests for `key` fetch at once instead of queueing behind one another."""
+        now = time.monotonic()
+        if len(self.hit_for_miss) > 10_000:
+            self.hit_for_miss = {k: t for k, t in self.hit_for_miss.items() if t > now}
+        self.hit_for_miss[key] = now + self.settings.hit_for_miss_ttl
+
+    def upstream_headers(self, request: ClientRequest) -> list[tuple[str, str]]:
+        """What a parent edge gets beyond what an origin gets: the client's Host (it is part of the
+        cache key) and the purge log position this edge has applied."""
+        extra = [("host", request.host)]
+        if self.listener is not None and self.listener.position is not None:
+            extra.append((PURGE_POSITION, self.listener.position))
+        return extra
+
+    async def fetch_now(self, request: ClientRequest, send: Send, stale: Entry | None, reason: str) -> None:
+        """Ask upstream (a parent, or the origin), store what may be stored, deliver."""
+        assert self.upstream is not None
         self.count("miss" if stale is None else "revalidate")
         headers = self.forward_headers(request, stale, to_store=True)
         request_time = time.time()
         serial = self.store.purge_serial
         try:
-            response = await self.origin.open(request.method, request.target, headers)
+            response = await self.upstream.open(request.method, request.target, headers, request.url,
+                                                parent_headers=self.upstream_headers(request))
         except OriginError as exc:
             await self.origin_failed(request, send, stale, exc)
             return
@@ -289,7 +388,8 @@ class Edge:
             if why_not is not None:
                 if stale is not None:
                     self.store.delete(stale.key)
-                await self.stream(send, response, resp_headers, f"{self.id}; {fwd}; detail={why_not}", request.method)
+                self.remember_uncacheable(request.url)
+                await self.stream(request, send, response, resp_headers, f"{self.id}; {fwd}; detail={why_not}")
                 return
             await self.stream_and_store(request, send, response, resp_headers, request_time, response_time,
                                         stale, fwd, serial)
@@ -302,9 +402,20 @@ class Edge:
             self.count("stale_if_error")
             await self.deliver(request, stale, send, "hit", now, detail="stale-if-error", fwd="fwd=stale; fwd-status=0")
             return
+        if stale is not None and exc.status == 503 and self.within_grace(stale, now):
+            self.count("stale_grace")
+            await self.deliver(request, stale, send, "hit", now, detail="stale-grace-origin-down", fwd="fwd=stale")
+            return
         self.count(f"origin_error_{exc.status}")
         log.warning("%s %s: %s", request.method, request.url, exc.message)
         await self.send_error(send, exc.status, exc.message, "fwd=miss; detail=origin-error")
+
+    def within_grace(self, entry: Entry, now: float) -> bool:
+        """The operator's grace: stale while no origin is available, unless the response forbids stale serving."""
+        freshness = entry.meta.freshness
+        if self.settings.stale_grace <= 0 or freshness.must_revalidate or freshness.no_cache:
+            return False
+        return -freshness.ttl(now) <= self.settings.stale_grace
 
     def make_entry(self, request: ClientRequest, status: int, headers: Headers, body: bytes,
                    request_time: float, response_time: float) -> Entry:
@@ -354,7 +465,7 @@ class Edge:
             await self.deliver(request, entry, send, None, response_time,
                                fwd=f"{fwd}; stored" if stored else fwd)
             return
-        out = self.deliverable(headers)
+        out = self.deliverable(headers, request)
         if "date" not in headers:
             out.append((b"date", format_http_date(response_time).encode()))
         out.append((b"cache-status", f"{self.id}; {fwd}; stored".encode()))
@@ -392,13 +503,16 @@ class Edge:
             return None
         return bytes(buffer)
 
-    def deliverable(self, headers: Headers) -> list[tuple[bytes, bytes]]:
-        """An origin response's fields as sent on: end-to-end only, targeted and tag fields stripped."""
-        return rfc.end_to_end(headers).remove(self._strip).raw()
+    def deliverable(self, headers: Headers, request: ClientRequest) -> list[tuple[bytes, bytes]]:
+        """An origin response's fields as sent on: end-to-end only, targeted and tag fields stripped
+        (except for a child edge, which needs them to cache and tag the response itself)."""
+        kept = rfc.end_to_end(headers)
+        return (kept if request.surrogate else kept.remove(self._strip)).raw()
 
-    async def stream(self, send: Send, response: OriginResponse, headers: Headers, cache_status: str, method: str) -> None:
+    async def stream(self, request: ClientRequest, send: Send, response: OriginResponse, headers: Headers,
+                     cache_status: str) -> None:
         """Deliver an origin response without storing it."""
-        out = self.deliverable(headers)
+        out = self.deliverable(headers, request)
         out.append((b"cache-status", cache_status.encode("latin-1")))
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         async for chunk in response.chunks():
@@ -414,14 +528,15 @@ class Edge:
         task.add_done_callback(lambda _: self.refreshing.pop(entry.key, None))
 
     async def refresh(self, request: ClientRequest, stale: Entry) -> None:
-        assert self.origin is not None
+        assert self.upstream is not None
         self.count("background_refresh")
         get = ClientRequest("GET", request.target, request.host, request.url,
                             request.headers.remove(CLIENT_CONDITIONALS), request.client, rfc.Directives({}))
         request_time = time.time()
         serial = self.store.purge_serial
         try:
-            response = await self.origin.open("GET", get.target, self.forward_headers(get, stale, to_store=True))
+            response = await self.upstream.open("GET", get.target, self.forward_headers(get, stale, to_store=True),
+                                                get.url, parent_headers=self.upstream_headers(get))
         except OriginError:
             self.count("background_refresh_failed")
             return
@@ -445,7 +560,7 @@ class Edge:
     # -- pass -----------------------------------------------------------------
     async def pass_(self, request: ClientRequest, receive: Receive, send: Send) -> None:
         """Methods the cache does not answer: forward, invalidate on success (RFC 9111 §4.4), deliver."""
-        assert self.origin is not None
+        assert self.upstream is not None
         self.count("pass")
         body = bytearray()
         while True:
@@ -460,7 +575,8 @@ class Edge:
                 break
         headers = self.forward_headers(request, None, to_store=False)
         try:
-            response = await self.origin.open(request.method, request.target, headers, bytes(body))
+            response = await self.upstream.open(request.method, request.target, headers, request.url, bytes(body),
+                                                parent_headers=self.upstream_headers(request))
         except OriginError as exc:
             await self.send_error(send, exc.status, exc.message, "fwd=method; detail=origin-error")
             return
@@ -468,7 +584,7 @@ class Edge:
             resp_headers = Headers.from_raw(response.raw_headers)
             if rfc.invalidates(request.method, response.status):
                 self.invalidate(request, resp_headers)
-            await self.stream(send, response, resp_headers, f"{self.id}; fwd=method", request.method)
+            await self.stream(request, send, response, resp_headers, f"{self.id}; fwd=method")
         finally:
             await response.close()
 
@@ -509,7 +625,9 @@ class Edge:
             return
         body = entry.body
         status = meta.status
-        headers = list(meta.wire)
+        headers = list(meta.wire) if not request.surrogate else self.deliverable(meta.headers, request)
+        if request.surrogate:
+            headers = [(k, v) for k, v in headers if k not in (b"content-length", b"age")]
         wanted = request.headers.get("range") if status == 200 else None
         if wanted and self.if_range_holds(request, meta):
             chosen = parse_range(wanted, len(body))

@@ -1,13 +1,16 @@
-"""The edge's connection to its origin: one httpx client, streaming, with clear failure kinds."""
+"""The edge's HTTP client toward its origins and parents: one httpx client, streaming, with clear failure kinds."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import h11
 import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
+
+from balancer import Failure
 
 
 def _never_reuse_after_trailing_bytes() -> None:
@@ -38,12 +41,13 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 
 
 class OriginError(Exception):
-    """The origin could not give a response; `status` is what the client gets (502 or 504)."""
+    """No usable response from upstream; `status` is what the client gets (502, 503 or 504)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, failure: Failure | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.failure = failure
 
 
 @dataclass(slots=True)
@@ -51,19 +55,25 @@ class OriginResponse:
     status: int
     raw_headers: list[tuple[bytes, bytes]]
     response: httpx.Response  # open stream; read with `chunks()`, always `close()`
+    on_close: Callable[[], None] | None = None
+    served_by: str = ""  # the member's base URL
 
-    def chunks(self):  # type: ignore[no-untyped-def]
+    def chunks(self) -> AsyncIterator[bytes]:
         return self.response.aiter_raw()
 
     async def close(self) -> None:
-        await self.response.aclose()
+        try:
+            await self.response.aclose()
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+                self.on_close = None
 
 
-class Origin:
-    """Sends requests to the configured origin only; the client's target never picks the server."""
+class HttpUpstream:
+    """The edge's HTTP client: requests go only to the base URLs of configured members, never where a client points."""
 
-    def __init__(self, base_url: str, connect_timeout: float, response_timeout: float) -> None:
-        self.base = httpx.URL(base_url)
+    def __init__(self, connect_timeout: float, response_timeout: float) -> None:
         self.response_timeout = response_timeout
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(response_timeout, connect=connect_timeout),
@@ -74,28 +84,27 @@ class Origin:
             trust_env=False,
         )
 
-    async def open(
-        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None = None
-    ) -> OriginResponse:
-        """Send a request and return once the response headers arrived (the body is still to be read)."""
+    async def open(self, method: str, base: str, target: str, headers: list[tuple[str, str]],
+                   body: bytes | None = None) -> OriginResponse:
+        """Send a request to `base` + `target`; return once the response headers arrived (the body is still to come)."""
         try:
-            url = self.base.copy_with(raw_path=target.encode("latin-1"))
+            url = httpx.URL(base).copy_with(raw_path=target.encode("latin-1"))
         except (httpx.InvalidURL, UnicodeEncodeError) as exc:
             raise OriginError(400, f"bad request target: {exc}") from None
         # httpx.Request, not client.build_request: the client's default headers must not be added.
         request = httpx.Request(method, url, headers=headers, content=body)
         try:
             response = await self._send(request, retry=method in IDEMPOTENT_METHODS)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise OriginError(502, f"origin refused the connection: {exc or exc.__class__.__name__}", Failure.CONNECT) from None
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise OriginError(504, "origin did not answer in time") from None
-        except httpx.ConnectError as exc:
-            raise OriginError(502, f"origin refused the connection: {exc}") from None
+            raise OriginError(504, "origin did not answer in time", Failure.TIMEOUT) from None
         except (httpx.HTTPError, OSError) as exc:
-            raise OriginError(502, f"origin answered badly: {exc.__class__.__name__}: {exc}") from None
+            raise OriginError(502, f"origin answered badly: {exc.__class__.__name__}: {exc}", Failure.PROTOCOL) from None
         if not 100 <= response.status_code <= 599:  # RFC 9110 §15: three digits, first 1-5
             await response.aclose()
-            raise OriginError(502, f"origin sent an invalid status code {response.status_code}")
-        return OriginResponse(response.status_code, list(response.headers.raw), response)
+            raise OriginError(502, f"origin sent an invalid status code {response.status_code}", Failure.PROTOCOL)
+        return OriginResponse(response.status_code, list(response.headers.raw), response, served_by=base)
 
     async def _send(self, request: httpx.Request, retry: bool) -> httpx.Response:
         try:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.store import Store
-from purge_api.log import EdgeInfo, LogUnavailable, Purge, PurgeLog
+from purge_api.log import EdgeInfo, LogUnavailable, Purge, PurgeLog, after
 
 log = logging.getLogger("cdn.edge.purge")
 
@@ -127,6 +127,19 @@ class PurgeListener:
         self.info.applied_through = self.position or self.info.applied_through
         await self.log.ack(self.info.id, entries, time.time())
         await self.heartbeat()
+
+    async def wait_until_applied(self, position: str, timeout: float) -> bool:
+        """Whether this edge has applied the log up to `position`, waiting up to `timeout` for it."""
+        try:
+            after(position, "0-0")
+        except ValueError:
+            return True  # not a position: nothing to wait for
+        deadline = time.monotonic() + timeout
+        while self.position is None or after(position, self.position):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     async def heartbeat(self) -> None:
         self.info.heartbeat_at = time.time()

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from balancer import MemberSettings, PoolSettings
 from cdn.config import ServiceSettings
 
 
@@ -17,6 +18,11 @@ class EdgeSettings(ServiceSettings):
     origin: str = Field("http://127.0.0.1:9000", description="origin base URL; the edge forwards only there")
     id: str = Field("edge-1", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="edge id, shown in Cache-Status")
     region: str = Field("local", description="region name")
+    pool: PoolSettings | None = Field(None, description="origin pool: members, algorithm, health checks (unset: the single `origin`)")
+    parents: list[MemberSettings] = Field(default_factory=list, description="parent edges (shield tier) that misses are fetched from, by consistent hashing")
+    coalesce_timeout: float = Field(10.0, gt=0, description="seconds a request waits for another request's fetch of the same key before fetching itself")
+    hit_for_miss_ttl: float = Field(10.0, ge=0, description="seconds a key whose response was not storable skips coalescing")
+    stale_grace: float = Field(0.0, ge=0, description="serve stale up to this many seconds past freshness while no origin is available (0: off)")
     latitude: float | None = Field(None, ge=-90, le=90, description="the edge's latitude (for the front door and reports)")
     longitude: float | None = Field(None, ge=-180, le=180, description="the edge's longitude")
     advertise_url: str | None = Field(None, description="URL other services reach this edge at (default: http://host:port)")

@@ -9,8 +9,10 @@ or that the log itself was lost (its epoch changed), empties its cache.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -122,7 +124,13 @@ def new_purge_id() -> str:
 
 
 class MemoryPurgeLog:
-    """The purge log for a single process (demo, tests): same behaviour, nothing shared between processes."""
+    """The purge log for a single process (demo, tests): same behaviour, nothing shared between processes.
+
+    Services in one process may run on different event loops (threads), so readers poll
+    instead of waiting on a loop-bound event, and changes take a lock.
+    """
+
+    POLL = 0.005
 
     def __init__(self, maxlen: int = 100_000) -> None:
         self.maxlen = maxlen
@@ -134,7 +142,7 @@ class MemoryPurgeLog:
         self._epoch = secrets.token_hex(8)
         self._max_trimmed = "0-0"
         self._appended = 0
-        self._changed = asyncio.Event()
+        self._lock = threading.Lock()
 
     def _next_position(self) -> str:
         ms = int(time.time() * 1000)
@@ -145,40 +153,37 @@ class MemoryPurgeLog:
         return f"{ms}-0"
 
     async def append(self, purge: Purge, idempotency_key: str | None = None, idempotency_ttl: float = 86400) -> tuple[str, Purge]:
-        now = time.time()
-        if idempotency_key is not None:
-            seen = self._idempotency.get(idempotency_key)
-            if seen is not None and seen[1] > now and seen[0] in self._positions:
-                found = await self.find(seen[0])
-                if found is not None:
-                    return found
-            self._idempotency[idempotency_key] = (purge.id, now + idempotency_ttl)
-        position = self._next_position()
-        self._entries.append((position, purge))
-        self._appended += 1
-        self._positions[purge.id] = position
-        if len(self._entries) > self.maxlen:
-            dropped = self._entries[: len(self._entries) - self.maxlen]
-            del self._entries[: len(dropped)]
-            self._max_trimmed = dropped[-1][0]
-            for _, old in dropped:
-                self._positions.pop(old.id, None)
-                self._acks.pop(old.id, None)
-        self._changed.set()
-        self._changed = asyncio.Event()
-        return position, purge
+        with self._lock:
+            now = time.time()
+            if idempotency_key is not None:
+                seen = self._idempotency.get(idempotency_key)
+                if seen is not None and seen[1] > now and seen[0] in self._positions:
+                    first = self._find(seen[0])
+                    if first is not None:
+                        return first
+                self._idempotency[idempotency_key] = (purge.id, now + idempotency_ttl)
+            position = self._next_position()
+            self._entries.append((position, purge))
+            self._appended += 1
+            self._positions[purge.id] = position
+            if len(self._entries) > self.maxlen:
+                dropped = self._entries[: len(self._entries) - self.maxlen]
+                del self._entries[: len(dropped)]
+                self._max_trimmed = dropped[-1][0]
+                for _, old in dropped:
+                    self._positions.pop(old.id, None)
+                    self._acks.pop(old.id, None)
+            return position, purge
 
     async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
         deadline = time.monotonic() + block
         while True:
-            newer = [e for e in self._entries if after(e[0], position)][:count]
-            remaining = deadline - time.monotonic()
-            if newer or remaining <= 0:
+            with self._lock:
+                start = bisect.bisect_right(self._entries, position_key(position), key=lambda e: position_key(e[0]))
+                newer = self._entries[start:start + count]
+            if newer or time.monotonic() >= deadline:
                 return newer
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                return []
+            await asyncio.sleep(self.POLL)
 
     async def tail(self) -> tuple[str, int]:
         return (self._entries[-1][0] if self._entries else self._max_trimmed), self._appended
@@ -191,10 +196,14 @@ class MemoryPurgeLog:
         return trimmed > appended or appended > self._appended
 
     async def find(self, purge_id: str) -> tuple[str, Purge] | None:
+        with self._lock:
+            return self._find(purge_id)
+
+    def _find(self, purge_id: str) -> tuple[str, Purge] | None:
         position = self._positions.get(purge_id)
         if position is None:
             return None
-        for entry in self._entries:
+        for entry in reversed(self._entries):
             if entry[0] == position:
                 return entry
         return None
