@@ -182,7 +182,7 @@ class Edge:
             info = EdgeInfo(id=s.id, region=s.region, address=s.advertise_url or f"http://{s.host}:{s.port}",
                             latitude=s.latitude, longitude=s.longitude)
             self.listener = PurgeListener(self.purge_log, self.store, info, s.heartbeat_interval,
-                                          stats=self.registry_stats, count=self.count)
+                                          stats=self.registry_stats, count=self.count, fence_ttl=s.fence_ttl)
             self.listener.start()
 
     async def stop(self) -> None:
@@ -340,6 +340,15 @@ class Edge:
         await self.deliver(request, entry, send, None, now, fwd=f"fwd={reason}; collapsed")
         return True
 
+    def fence_refuses(self, request: ClientRequest, status: int, headers: Headers, stale: Entry | None) -> int | None:
+        """The purge fence this response (or, for a 304, the stored entry it confirms) is older than, if any."""
+        source = stale.meta.headers if status == 304 and stale is not None else headers
+        raw = source.get(self.settings.version_header)
+        if raw is None or not raw.isdigit():
+            return None
+        tags = surrogate_keys(source.get_all("surrogate-key"), source.get_all("cache-tag"))
+        return self.store.fenced(request.url, tags, int(raw), time.time())
+
     def remember_uncacheable(self, key: str) -> None:
         """Hit-for-miss: later requests for `key` fetch at once instead of queueing behind one another."""
         now = time.monotonic()
@@ -359,18 +368,36 @@ class Edge:
         """Ask upstream (a parent, or the origin), store what may be stored, deliver."""
         assert self.upstream is not None
         self.count("miss" if stale is None else "revalidate")
-        headers = self.forward_headers(request, stale, to_store=True)
-        request_time = time.time()
-        serial = self.store.purge_serial
-        try:
-            response = await self.upstream.open(request.method, request.target, headers, request.url,
-                                                parent_headers=self.upstream_headers(request))
-        except OriginError as exc:
-            await self.origin_failed(request, send, stale, exc)
-            return
+        delay = 0.05
+        deadline = time.monotonic() + self.settings.fence_wait
+        while True:
+            headers = self.forward_headers(request, stale, to_store=True)
+            request_time = time.time()
+            serial = self.store.purge_serial
+            try:
+                response = await self.upstream.open(request.method, request.target, headers, request.url,
+                                                    parent_headers=self.upstream_headers(request))
+            except OriginError as exc:
+                await self.origin_failed(request, send, stale, exc)
+                return
+            resp_headers = Headers.from_raw(response.raw_headers)
+            fence = self.fence_refuses(request, response.status, resp_headers, stale)
+            if fence is None:
+                break
+            # Older than a purge's version fence: a replica that has not caught up. Ask again.
+            await response.close()
+            self.count("fenced_refetch")
+            if stale is not None and response.status == 304:
+                self.store.delete(stale.key)
+                stale = None
+            if time.monotonic() + delay > deadline:
+                await self.send_error(send, 503, f"origin has not caught up with version {fence} of this content yet",
+                                      "fwd=miss; detail=version-fence", [(b"retry-after", b"1")])
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
         response_time = time.time()
         try:
-            resp_headers = Headers.from_raw(response.raw_headers)
             if stale is not None and response.status == 304:
                 await self.freshen(request, send, stale, resp_headers, request_time, response_time, serial)
                 return
@@ -436,6 +463,9 @@ class Edge:
 
     def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""
+        if self.fence_refuses(request, entry.meta.status, entry.meta.headers, None) is not None:
+            self.count("fenced_not_stored")  # a purge with a newer version arrived while it was fetched
+            return False
         replaced = [e for e in self.store.variants(request.url) if e.key == entry.key or e is stale]
         stored = self.store.put(entry, replaced, fetched_at)
         self.count("stored" if stored else "not_stored_too_large")
@@ -472,24 +502,33 @@ class Edge:
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         buffer = bytearray()
         keep = self.store.fits(0)
+        length = headers.get("content-length")
+        remaining = int(length) if length is not None and length.isdigit() else -1
+        held = b""  # the chunk that completes a declared length goes out only once the entry is stored
         try:
             async for chunk in response.chunks():
                 if keep:
                     buffer += chunk
                     keep = self.store.fits(len(buffer))
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                remaining -= len(chunk)
+                if remaining == 0:
+                    held = chunk
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (httpx.HTTPError, OSError) as exc:
             # A cut-off body: nothing is stored, and returning without finishing the response
             # makes the server close the client's connection, so the client sees it incomplete too.
             self.count("origin_body_error")
             log.warning("origin body failed for %s: %s", request.url, exc)
             return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # Stored before the response ends, so whoever sees it complete finds it in the cache.
         if keep:
             entry = self.make_entry(request, response.status, headers, bytes(buffer), request_time, response_time)
             self.put(request, entry, stale, serial)
         else:
             self.count("not_stored_too_large")
+            self.remember_uncacheable(request.url)
+        await send({"type": "http.response.body", "body": held, "more_body": False})
 
     async def read_whole(self, response: OriginResponse) -> bytes | None:
         buffer = bytearray()
@@ -543,7 +582,9 @@ class Edge:
         try:
             response_time = time.time()
             headers = Headers.from_raw(response.raw_headers)
-            if response.status == 304:
+            if self.fence_refuses(get, response.status, headers, stale) is not None:
+                self.count("fenced_refetch")
+            elif response.status == 304:
                 merged = rfc.merge_304(stale.meta.headers, headers)
                 entry = self.make_entry(get, stale.meta.status, merged, stale.body, request_time, response_time)
                 self.put(get, entry, stale, serial)
@@ -657,8 +698,9 @@ class Edge:
             return etag is not None and not etag.startswith("W/") and condition == etag
         return condition == meta.headers.get("last-modified")
 
-    async def send_error(self, send: Send, status: int, message: str, fwd: str | None = None) -> None:
-        extra = [(b"cache-status", f"{self.id}; {fwd}".encode())] if fwd else []
+    async def send_error(self, send: Send, status: int, message: str, fwd: str | None = None,
+                         extra: list[tuple[bytes, bytes]] = ()) -> None:
+        extra = [*extra, (b"cache-status", f"{self.id}; {fwd}".encode())] if fwd else list(extra)
         headers, body = _plain(status, message, extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -31,8 +31,10 @@ def url_key(value: str) -> str:
     return host.lower() + slash + rest
 
 
-def apply_purge(store: Store, purge: Purge) -> int:
+def apply_purge(store: Store, purge: Purge, fence_ttl: float = 300.0) -> int:
     """Apply one purge to the store; the number of entries removed or marked stale."""
+    if purge.version is not None:
+        record_fence(store, purge, fence_ttl)
     if purge.kind == "url":
         return sum(store.purge_url(url_key(v), purge.soft) for v in purge.values)
     if purge.kind == "prefix":
@@ -44,12 +46,19 @@ def apply_purge(store: Store, purge: Purge) -> int:
     raise ValueError(f"unknown purge kind {purge.kind!r}")
 
 
+def record_fence(store: Store, purge: Purge, fence_ttl: float) -> None:
+    values = [url_key(v) for v in purge.values] if purge.kind in ("url", "prefix") else list(purge.values)
+    store.fence(purge.kind, values, purge.version or 0, purge.created_at + fence_ttl)
+
+
 class PurgeListener:
     """Keeps one edge's store in step with the purge log and the edge registered."""
 
     def __init__(self, purge_log: PurgeLog, store: Store, info: EdgeInfo, heartbeat_interval: float = 1.0,
-                 stats: Callable[[], dict[str, Any]] | None = None, count: Callable[[str, int], None] | None = None) -> None:
+                 stats: Callable[[], dict[str, Any]] | None = None, count: Callable[[str, int], None] | None = None,
+                 fence_ttl: float = 300.0) -> None:
         self.log = purge_log
+        self.fence_ttl = fence_ttl
         self.store = store
         self.info = info
         self.heartbeat_interval = heartbeat_interval
@@ -109,6 +118,11 @@ class PurgeListener:
                             "reset" if epoch != self.epoch else "trimmed past its position")
             self.epoch = epoch
             self.position, self.appended = await self.log.tail()
+            # Version fences travel in the log: take those still in force, so a restarted edge
+            # does not cache what a lagging replica still serves.
+            for _, purge in await self.log.history(time.time() - self.fence_ttl):
+                if purge.version is not None:
+                    record_fence(self.store, purge, self.fence_ttl)
             self.info.clean_through = self.position
             self.info.applied_through = self.position
         await self.heartbeat()
@@ -117,7 +131,7 @@ class PurgeListener:
         """Apply in order, then acknowledge the batch (an ack is only ever sent after the purge took effect)."""
         now = time.time()
         for position, purge in entries:
-            removed = apply_purge(self.store, purge)
+            removed = apply_purge(self.store, purge, self.fence_ttl)
             self.count("purges_applied", 1)
             self.count("purged_objects", removed)
             self.lag.append(max(0.0, now - purge.created_at))

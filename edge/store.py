@@ -61,10 +61,13 @@ class Store:
         self._by_tag: dict[str, set[str]] = {}
         self.evictions = 0
         # Every purge gets a serial; a fetch notes the serial when it starts, and what it brings
-        # back is stored as already stale if a purge since then matches it (no purged content
-        # re-enters through a fetch that was in flight while the purge was applied).
+        # back is not stored if a hard purge since then matches it (stored as already stale for
+        # a soft one): no purged content re-enters through a fetch in flight during the purge.
         self.purge_serial = 0
-        self._recent: deque[tuple[int, Callable[[Entry], bool]]] = deque(maxlen=RECENT_PURGES)
+        self._recent: deque[tuple[int, Callable[[Entry], bool], bool]] = deque(maxlen=RECENT_PURGES)
+        # Version fences from purges: responses older than the fence for a URL, prefix or tag
+        # are not stored (a lagging replica must not put back what a purge removed).
+        self._fences: dict[tuple[str, str], tuple[int, float]] = {}  # (kind, value) -> (version, until)
 
     # -- reading --------------------------------------------------------------
     def variants(self, url: str) -> list[Entry]:
@@ -98,8 +101,11 @@ class Store:
 
     def put(self, entry: Entry, replaces: Iterable[Entry] = (), fetched_at: int | None = None) -> bool:
         """Store `entry` in place of `replaces`; False if too large. `fetched_at`: the purge serial when its fetch began."""
-        if fetched_at is not None and self.purged_since(fetched_at, entry):
-            entry.soft_purged = True
+        if fetched_at is not None:
+            purged = self.purged_since(fetched_at, entry)
+            if purged == "hard":
+                return False  # fetched before a purge that removed it: it may be what the purge removed
+            entry.soft_purged = entry.soft_purged or purged == "soft"
         for old in replaces:
             self.delete(old.key)
         if entry.key in self._lru:
@@ -135,18 +141,52 @@ class Store:
                 if not tagged:
                     del self._by_tag[tag]
 
-    # -- purging --------------------------------------------------------------
-    def purged_since(self, serial: int, entry: Entry) -> bool:
-        """Whether a purge applied after `serial` matches `entry` (True when too long ago to tell)."""
-        if serial >= self.purge_serial:
-            return False
-        if not self._recent or self._recent[0][0] > serial + 1:
-            return True
-        return any(s > serial and matches(entry) for s, matches in reversed(self._recent))
+    # -- version fences ---------------------------------------------------------
+    def fence(self, kind: str, values: Iterable[str], version: int, until: float) -> None:
+        """Refuse versions below `version` for these URLs / prefixes / tags (or everything) until `until`."""
+        for value in values if kind != "all" else ("",):
+            current = self._fences.get((kind, value))
+            if current is None or current[0] < version or current[1] < until:
+                self._fences[(kind, value)] = (max(version, current[0] if current else 0), until)
+        if len(self._fences) > 100_000:
+            self.expire_fences(0.0)
 
-    def _record(self, matches: Callable[[Entry], bool]) -> None:
+    def expire_fences(self, now: float) -> None:
+        self._fences = {k: v for k, v in self._fences.items() if v[1] > now}
+
+    def fenced(self, url: str, tags: Iterable[str], version: int, now: float) -> int | None:
+        """The fence version that refuses a response of `version` for `url` with `tags`, if any."""
+        if not self._fences:
+            return None
+        worst = None
+        candidates = [("url", url), ("all", "")] + [("tag", t) for t in tags]
+        candidates += [("prefix", v) for (kind, v) in self._fences if kind == "prefix" and url.startswith(v)]
+        for key in candidates:
+            fence = self._fences.get(key)
+            if fence is not None and fence[1] > now and version < fence[0]:
+                worst = max(worst or 0, fence[0])
+        return worst
+
+    # -- purging --------------------------------------------------------------
+    def purged_since(self, serial: int, entry: Entry) -> str | None:
+        """"hard" or "soft" if a purge applied after `serial` matches `entry` ("hard" when too long ago to tell)."""
+        if serial >= self.purge_serial:
+            return None
+        if not self._recent or self._recent[0][0] > serial + 1:
+            return "hard"
+        found = None
+        for s, matches, soft in reversed(self._recent):
+            if s <= serial:
+                break
+            if matches(entry):
+                if not soft:
+                    return "hard"
+                found = "soft"
+        return found
+
+    def _record(self, matches: Callable[[Entry], bool], soft: bool) -> None:
         self.purge_serial += 1
-        self._recent.append((self.purge_serial, matches))
+        self._recent.append((self.purge_serial, matches, soft))
 
     def _purge_keys(self, keys: Iterable[str], soft: bool) -> int:
         count = 0
@@ -162,26 +202,26 @@ class Store:
 
     def purge_url(self, url: str, soft: bool = False) -> int:
         """Every variant of one URL key."""
-        self._record(lambda e: e.url == url)
+        self._record(lambda e: e.url == url, soft)
         return self._purge_keys(self._by_url.get(url, {}).keys(), soft)
 
     def purge_prefix(self, prefix: str, soft: bool = False) -> int:
         """Every URL key starting with `prefix`."""
-        self._record(lambda e: e.url.startswith(prefix))
+        self._record(lambda e: e.url.startswith(prefix), soft)
         keys = [k for url, ks in self._by_url.items() if url.startswith(prefix) for k in ks]
         return self._purge_keys(keys, soft)
 
     def purge_tags(self, tags: Iterable[str], soft: bool = False) -> int:
         """Every entry carrying any of `tags`."""
         tags = frozenset(tags)
-        self._record(lambda e: not tags.isdisjoint(e.tags))
+        self._record(lambda e: not tags.isdisjoint(e.tags), soft)
         keys: set[str] = set()
         for tag in tags:
             keys.update(self._by_tag.get(tag, ()))
         return self._purge_keys(keys, soft)
 
     def purge_all(self, soft: bool = False) -> int:
-        self._record(lambda e: True)
+        self._record(lambda e: True, soft)
         if soft:
             return self._purge_keys(list(self._lru.keys()), soft=True)
         count = len(self._lru)

@@ -21,9 +21,8 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,9 +32,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from origin_mock.assets import ASSET_CACHE_CONTROL, ASSET_LAST_MODIFIED, AssetStore
-from origin_mock.cart import Carts
 from origin_mock.catalog import CATALOG_EPOCH, Catalog, Product, ProductNotFound
 from origin_mock.conditional import match, not_modified
+from origin_mock.database import Database, Replication, open_database
 from origin_mock.faults import FaultPolicy, FaultSettings
 from origin_mock.middleware import Accounting, FaultInjection, Sleep
 from origin_mock.purges import PurgeNotifier
@@ -68,16 +67,6 @@ class CartLine(BaseModel):
     quantity: int = Field(1, ge=1, le=1000)
 
 
-class RenderedPage(NamedTuple):
-    """A page of the product list as sent, valid while the catalog stays at `revision`."""
-
-    revision: int
-    body: bytes
-    etag: str
-    updated_at: int
-    last_modified: str
-
-
 def _problems(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
 
@@ -95,21 +84,24 @@ async def read_json(request: Request, model: type[M]) -> M:
         raise HTTPException(400, _problems(exc)) from None
 
 
+READ_YOUR_WRITES_COOKIE = "read_primary_until"
+
+
 class Shop:
     """The routes a real origin would have: catalog API, cart, static assets."""
 
-    def __init__(self, settings: OriginSettings, catalog: Catalog, assets: AssetStore) -> None:
+    def __init__(self, settings: OriginSettings, catalog: Catalog, assets: AssetStore, replication: Replication) -> None:
         self.settings = settings
-        self.purges = PurgeNotifier(settings.purge_api, settings.purge_token)
+        self.purges = PurgeNotifier(settings.purge_api, settings.purge_token, settings.purge_version_fence)
         self.catalog = catalog
+        self.database = catalog.database
+        self.replication = replication
         self.assets = assets
-        self.carts = Carts()
         self.product_cache_control = (
             f"public, max-age={settings.product_max_age}, "
             f"stale-while-revalidate={settings.product_stale_while_revalidate}, "
             f"stale-if-error={settings.product_stale_if_error}"
         )
-        self._pages: LRUCache[int, RenderedPage] = LRUCache(maxsize=1024)
 
     def _product_headers(self, product: Product) -> dict[str, str]:
         return {
@@ -120,10 +112,19 @@ class Shop:
             "x-content-version": str(product.version),
         }
 
-    def _find_product(self, request: Request) -> Product:
+    def read_point(self, request: Request) -> tuple[float | None, str]:
+        """Primary or a lagging replica for this read (the primary while the client's own write is recent)."""
+        raw = request.cookies.get(READ_YOUR_WRITES_COOKIE)
+        try:
+            primary_until = float(raw) if raw else None
+        except ValueError:
+            primary_until = None
+        return self.replication.read_point(primary_until)
+
+    async def _find_product(self, request: Request, as_of: float | None = None) -> Product:
         product_id = request.path_params["product_id"]
         try:
-            return self.catalog.get(product_id)
+            return await self.catalog.get(product_id, as_of)
         except ProductNotFound:
             raise HTTPException(404, f"product {product_id} not found",
                                 headers={"surrogate-key": f"products product-{product_id}"}) from None
@@ -132,8 +133,9 @@ class Shop:
         """GET one product, or 304 when the client's copy is current; PUT or PATCH changes it."""
         if request.method in ("PUT", "PATCH"):
             return await self._update_product(request)
-        product = self._find_product(request)
-        headers = self._product_headers(product)
+        as_of, served_from = self.read_point(request)
+        product = await self._find_product(request, as_of)
+        headers = self._product_headers(product) | {"x-served-from": served_from}
         if not_modified(request.headers.get("if-none-match"), request.headers.get("if-modified-since"),
                         product.etag, product.updated_at):
             return Response(status_code=304, headers=headers)
@@ -141,31 +143,18 @@ class Shop:
 
     async def _update_product(self, request: Request) -> Response:
         # PUT and PATCH alike change only the fields given: the mock has no use for replacement.
-        product = self._find_product(request)
+        product = await self._find_product(request)
         changes = await read_json(request, ProductChanges)
         if_match = request.headers.get("if-match")
         if if_match is not None and not match(if_match, product.etag):
             raise HTTPException(412, f"product {product.id} is at version {product.version}")
-        product = self.catalog.update(product.id, changes.model_dump(exclude_none=True))
+        product = await self.catalog.update(product.id, changes.model_dump(exclude_none=True))
         headers = self._product_headers(product) | NO_STORE | await self.purges.product_changed(product)
-        return Response(product.json_body, media_type=JSON, headers=headers)
-
-    def _render_page(self, number: int) -> RenderedPage:
-        size = self.settings.page_size
-        items = self.catalog.page(number, size)
-        total = self.catalog.size
-        document = {
-            "page": number,
-            "page_size": size,
-            "pages": self.catalog.page_count(size),
-            "total": total,
-            "items": [p.as_dict() for p in items],
-        }
-        # Versions only grow, so their sum changes whenever any product on the page does.
-        etag = f'"list-p{number}-{size}of{total}-v{sum(p.version for p in items)}"'
-        updated_at = max((p.updated_at for p in items), default=CATALOG_EPOCH)
-        body = json.dumps(document, separators=(",", ":")).encode()
-        return RenderedPage(self.catalog.revision, body, etag, updated_at, formatdate(updated_at, usegmt=True))
+        response = Response(product.json_body, media_type=JSON, headers=headers)
+        if self.replication.read_your_writes > 0:
+            until = self.replication.clock() + self.replication.read_your_writes
+            response.set_cookie(READ_YOUR_WRITES_COOKIE, f"{until:.3f}", max_age=int(self.replication.read_your_writes) + 1)
+        return response
 
     async def products(self, request: Request) -> Response:
         """GET a page of products (`?page=N`, from 1), or 304 when the client's copy is current."""
@@ -173,32 +162,42 @@ class Shop:
         if not raw.isdigit() or int(raw) < 1:
             raise HTTPException(400, "page must be a positive integer")
         number = int(raw)
-        page = self._pages.get(number)
-        if page is None or page.revision != self.catalog.revision:
-            page = self._pages[number] = self._render_page(number)
+        size = self.settings.page_size
+        as_of, served_from = self.read_point(request)
+        items = await self.catalog.page(number, size, as_of)
+        # Versions only grow, so their sum changes whenever any product on the page does.
+        etag = f'"list-p{number}-{size}of{self.catalog.size}-v{sum(p.version for p in items)}"'
+        updated_at = max((p.updated_at for p in items), default=CATALOG_EPOCH)
         headers = {
             "cache-control": self.product_cache_control,
-            "etag": page.etag,
-            "last-modified": page.last_modified,
+            "etag": etag,
+            "last-modified": formatdate(updated_at, usegmt=True),
             "surrogate-key": "products",
+            "x-served-from": served_from,
         }
-        if not_modified(request.headers.get("if-none-match"), request.headers.get("if-modified-since"),
-                        page.etag, page.updated_at):
+        if not_modified(request.headers.get("if-none-match"), request.headers.get("if-modified-since"), etag, updated_at):
             return Response(status_code=304, headers=headers)
-        return Response(page.body, media_type=JSON, headers=headers)
+        document = {"page": number, "page_size": size, "pages": self.catalog.page_count(size),
+                    "total": self.catalog.size, "items": [p.as_dict() for p in items]}
+        return Response(json.dumps(document, separators=(",", ":")).encode(), media_type=JSON, headers=headers)
 
     async def cart(self, request: Request) -> Response:
         """GET the session's cart, or POST `{"product_id": N, "quantity": K}` to add to it."""
         line = await read_json(request, CartLine) if request.method == "POST" else None
         if line is not None:
             try:
-                self.catalog.get(line.product_id)
+                await self.catalog.get(line.product_id)
             except ProductNotFound:
                 raise HTTPException(404, f"product {line.product_id} not found") from None
-        session = self.carts.session(request.cookies.get("session"))
+        session = request.cookies.get("session")
+        cart = await self.database.cart(session) if session else None
+        if session is None or cart is None:
+            session, cart = await self.database.new_session(), {}
         if line is not None:
-            self.carts.add(session, line.product_id, line.quantity)
-        response = JSONResponse(self.carts.view(session), headers={"cache-control": "private, no-store"})
+            await self.database.add_to_cart(session, line.product_id, line.quantity)
+            cart[line.product_id] = cart.get(line.product_id, 0) + line.quantity
+        view = {"items": [{"product_id": p, "quantity": q} for p, q in sorted(cart.items())], "count": sum(cart.values())}
+        response = JSONResponse(view, headers={"cache-control": "private, no-store"})
         response.set_cookie("session", session, httponly=True, samesite="lax")
         return response
 
@@ -279,11 +278,19 @@ def _error_handler(not_found_max_age: int) -> Callable[[Request, Exception], Any
     return http_error
 
 
-def _closing(notifier: PurgeNotifier) -> Callable[[Starlette], Any]:
+def replication_view(replication: Replication) -> dict[str, Any]:
+    """The primary/replica set-up and where reads went: how far behind a read may be right now."""
+    return {"replicas": replication.replicas, "lag_ms": replication.lag * 1000, "jitter_ms": replication.jitter * 1000,
+            "max_lag_ms": (replication.lag + replication.jitter) * 1000 if replication.replicas else 0.0,
+            "read_your_writes_ms": replication.read_your_writes * 1000, "reads": dict(replication.reads)}
+
+
+def _closing(notifier: PurgeNotifier, database: Database) -> Callable[[Starlette], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await notifier.aclose()
+        await database.close()
 
     return lifespan
 
@@ -298,12 +305,15 @@ def create_app(
     """The origin mock as an ASGI app; tests may script its randomness, clock and sleeping."""
     if random_source is None:
         random_source = random.Random(settings.seed).random
-    catalog = Catalog(settings.products, clock=clock)
+    database = open_database(settings.redis, settings.redis_prefix)
+    catalog = Catalog(settings.products, database, clock=clock)
+    replication = Replication(settings.replicas, settings.replication_lag_ms / 1000, settings.replication_jitter_ms / 1000,
+                              settings.read_your_writes_ms / 1000, random_source, clock)
     assets = AssetStore(settings.assets, settings.asset_cache_bytes)
     stats = RequestStats(clock=clock)
     fault_settings = FaultSettings.model_validate(settings.model_dump(include=set(FaultSettings.model_fields)))
     faults = FaultPolicy(fault_settings, random_source)
-    shop = Shop(settings, catalog, assets)
+    shop = Shop(settings, catalog, assets, replication)
     control = Control(stats, faults, fault_settings)
     routes = [
         Route("/api/products", shop.products, methods=["GET"]),
@@ -317,6 +327,7 @@ def create_app(
         Route("/_origin/faults", control.get_faults, methods=["GET"]),
         Route("/_origin/faults", control.set_faults, methods=["POST"]),
         Route("/_origin/faults", control.restore_faults, methods=["DELETE"]),
+        Route("/_origin/replication", lambda request: JSONResponse(replication_view(replication), headers=NO_STORE)),
     ]
     app = Starlette(
         routes=routes,
@@ -327,7 +338,7 @@ def create_app(
         exception_handlers={HTTPException: _error_handler(settings.not_found_max_age)},
         max_body_size=MAX_REQUEST_BODY,
     )
-    app.router.lifespan_context = _closing(shop.purges)
+    app.router.lifespan_context = _closing(shop.purges, database)
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.assets = assets

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from origin_mock.database import Database
 
 # 2024-01-01T00:00:00Z: initial timestamps are spread over the 90 days after it.
 CATALOG_EPOCH = 1_704_067_200
@@ -93,43 +96,42 @@ class ProductNotFound(LookupError):
 
 
 class Catalog:
-    """Products 1..size; built lazily, so a large catalog costs nothing until read."""
+    """Products 1..size over a database; a product never written reads as its initial version."""
 
-    def __init__(self, size: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, size: int, database: Database, clock: Callable[[], float] = time.time) -> None:
         self.size = size
+        self.database = database
         self._clock = clock
-        self._products: dict[int, Product] = {}
-        self.revision = 0  # grows with every update anywhere in the catalog
 
-    def get(self, product_id: int) -> Product:
-        """The current version of a product; raises ProductNotFound outside 1..size."""
-        product = self._products.get(product_id)
-        if product is None:
-            if not 1 <= product_id <= self.size:
-                raise ProductNotFound(product_id)
-            product = self._products[product_id] = initial_product(product_id)
-        return product
+    async def get(self, product_id: int, as_of: float | None = None) -> Product:
+        """The product as of `as_of` (None: the primary's current version); ProductNotFound outside 1..size."""
+        if not 1 <= product_id <= self.size:
+            raise ProductNotFound(product_id)
+        found = await self.database.versions([product_id], as_of)
+        return found.get(product_id) or initial_product(product_id)
 
-    def page(self, number: int, page_size: int) -> list[Product]:
+    async def page(self, number: int, page_size: int, as_of: float | None = None) -> list[Product]:
         """Products of 1-based page `number` (empty past the last page)."""
         first = (number - 1) * page_size + 1
-        return [self.get(i) for i in range(first, min(first + page_size, self.size + 1))]
+        ids = list(range(first, min(first + page_size, self.size + 1)))
+        found = await self.database.versions(ids, as_of)
+        return [found.get(i) or initial_product(i) for i in ids]
 
     def page_count(self, page_size: int) -> int:
         """How many pages of `page_size` the catalog fills."""
         return -(-self.size // page_size)
 
-    def update(self, product_id: int, changes: dict[str, Any]) -> Product:
-        """Apply field changes (name, description, price) as a new version; returns it."""
+    async def update(self, product_id: int, changes: dict[str, Any]) -> Product:
+        """Apply field changes (name, description, price) on the primary as a new version; returns it."""
         unknown = changes.keys() - EDITABLE_FIELDS
         if unknown:
             raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
-        current = self.get(product_id)
+        current = await self.get(product_id)
         if "price" in changes:
             changes = changes | {"price": round(float(changes["price"]), 2)}
         # Last-Modified has one-second resolution: two updates within a second must still differ.
-        updated_at = max(int(self._clock()), current.updated_at + 1)
+        now = self._clock()
+        updated_at = max(int(now), current.updated_at + 1)
         product = dataclasses.replace(current, **changes, version=current.version + 1, updated_at=updated_at)
-        self._products[product_id] = product
-        self.revision += 1
+        await self.database.commit(product, now)
         return product

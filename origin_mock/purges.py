@@ -12,10 +12,11 @@ log = logging.getLogger("cdn.origin.purges")
 
 
 class PurgeNotifier:
-    """Sends `product.updated` event purges, fenced by the product's new version; a no-op when unconfigured."""
+    """Sends `product.updated` event purges, fenced by the product's new version (unless told not to); a no-op when unconfigured."""
 
-    def __init__(self, api: str | None, token: str | None, timeout: float = 5.0) -> None:
+    def __init__(self, api: str | None, token: str | None, fence: bool = True, timeout: float = 5.0) -> None:
         self.api = api.rstrip("/") if api else None
+        self.fence = fence
         self.client = httpx.AsyncClient(timeout=timeout, headers={"Authorization": f"Bearer {token}"}) if api else None
         self.sent = 0
         self.failed = 0
@@ -24,7 +25,9 @@ class PurgeNotifier:
         """Log the purge before the change is acknowledged; the headers say which purge, or why none."""
         if self.client is None:
             return {}
-        payload = {"kind": "event", "event": "product.updated", "fields": {"id": product.id}, "version": product.version}
+        payload: dict[str, object] = {"kind": "event", "event": "product.updated", "fields": {"id": product.id}}
+        if self.fence:
+            payload["version"] = product.version
         try:
             response = await self.client.post(f"{self.api}/purges", json=payload)
             response.raise_for_status()

@@ -113,7 +113,7 @@ class PurgeService:
         self.settings = settings
         self.log = purge_log or open_log(settings.redis, prefix=settings.redis_prefix, maxlen=settings.log_maxlen)
         self.owns_log = purge_log is None
-        self.repurges: dict[str, str] = {}  # first purge id -> its delayed repeat's id
+        self.repurges: dict[str, tuple[str, float]] = {}  # first purge id -> its delayed repeat's id, due time
         self._tasks: set[asyncio.Task[None]] = set()
 
     def authorise(self, request: Request, write: bool) -> JSONResponse | None:
@@ -150,7 +150,9 @@ class PurgeService:
             "complete": not pending, "applied": applied, "pending": pending,
         }
         if purge_id in self.repurges:
-            answer["repurge"] = await self.status(self.repurges[purge_id])
+            repeat_id, due_at = self.repurges[purge_id]
+            answer["repurge"] = await self.status(repeat_id) or {
+                "id": repeat_id, "scheduled_at": due_at, "complete": False, "applied": {}, "pending": []}
         return answer
 
     async def wait(self, purge_id: str, seconds: float) -> dict[str, Any] | None:
@@ -169,7 +171,9 @@ class PurgeService:
     def schedule_repurge(self, purge: Purge, delay: float) -> None:
         """Log the same purge again after `delay`: a refill from a lagging replica meanwhile is purged too."""
         repeat = replace(purge, id=purge.id + "-r", created_at=0.0)
-        self.repurges[purge.id] = repeat.id
+        self.repurges[purge.id] = (repeat.id, time.time() + delay)
+        if len(self.repurges) > 100_000:
+            self.repurges.pop(next(iter(self.repurges)))
 
         async def later() -> None:
             await asyncio.sleep(delay)

@@ -92,6 +92,9 @@ class PurgeLog(Protocol):
     async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
         """Entries after `position`, waiting up to `block` seconds for the first."""
 
+    async def history(self, since: float) -> list[tuple[str, Purge]]:
+        """Entries logged at or after Unix time `since` (oldest first, at most the last 10,000)."""
+
     async def tail(self) -> tuple[str, int]:
         """The newest position ("0-0" when empty) and how many entries were ever appended up to it."""
 
@@ -184,6 +187,11 @@ class MemoryPurgeLog:
             if newer or time.monotonic() >= deadline:
                 return newer
             await asyncio.sleep(self.POLL)
+
+    async def history(self, since: float) -> list[tuple[str, Purge]]:
+        with self._lock:
+            start = bisect.bisect_left(self._entries, (int(since * 1000), 0), key=lambda e: position_key(e[0]))
+            return self._entries[start:][-10_000:]
 
     async def tail(self) -> tuple[str, int]:
         return (self._entries[-1][0] if self._entries else self._max_trimmed), self._appended
@@ -297,6 +305,10 @@ class RedisPurgeLog:
             return None  # no such stream yet
         except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
             raise LogUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from None
+
+    async def history(self, since: float) -> list[tuple[str, Purge]]:
+        entries = await self._call(self.redis.xrevrange(self.stream, "+", f"{int(since * 1000)}-0", count=10_000))
+        return [(entry_id, Purge.from_fields(fields)) for entry_id, fields in reversed(entries)]
 
     async def tail(self) -> tuple[str, int]:
         info = await self._info()

@@ -21,6 +21,7 @@ from origin_mock.app import create_app
 from origin_mock.assets import KINDS, AssetStore, asset_size
 from origin_mock.catalog import Catalog
 from origin_mock.conditional import match, none_match, not_modified
+from origin_mock.database import MemoryDatabase
 from origin_mock.faults import Fault, FaultPolicy, FaultSettings, round_trip_ms
 from origin_mock.settings import OriginSettings
 
@@ -272,9 +273,9 @@ async def test_unsupported_method_is_405_listing_the_allowed_ones(origin: httpx.
     assert {"GET", "PUT", "PATCH"} <= {m.strip() for m in r.headers["allow"].split(",")}
 
 
-def test_catalog_rejects_fields_it_owns() -> None:
+async def test_catalog_rejects_fields_it_owns() -> None:
     with pytest.raises(ValueError, match="version"):
-        Catalog(10).update(1, {"version": 9})
+        await Catalog(10, MemoryDatabase()).update(1, {"version": 9})
 
 
 # --- cart and health ---------------------------------------------------------------------------
