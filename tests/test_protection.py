@@ -210,7 +210,7 @@ def test_an_edge_never_refills_from_a_shield_that_has_not_applied_its_purge() ->
                                             heartbeat_interval=0.1), purge_log=log)
             with ThreadServer(child, proxy=True) as child_server, httpx.Client(base_url=child_server.url) as client:
                 assert client.get("/item").text == "old"
-                assert shield.store.keys_for_tag("item")
+                assert shield.store.keys_for_tag("item"), (shield.counters, child.counters)
                 # The shield falls behind on the purge log; the child applies the purge at once.
                 asyncio.run_coroutine_threadsafe(shield.listener.stop(), shield.loop).result(5)  # type: ignore[union-attr]
                 version["v"] = "new"
