@@ -641,6 +641,19 @@ def measure_apply(rounds: int) -> dict[str, list[float]]:
                 raise BenchError(f"{name} purged {purged} of {OBJECTS} entries")
             times["fill"].append(fill_seconds)
             times[name].append(seconds)
+            if name.endswith("hard"):
+                # The entries leave in background steps of 1,000 (the edge's sweeper): the whole
+                # work, and the longest the event loop is held by one step.
+                steps = []
+                while True:
+                    step, _ = timed(lambda: int(store.sweep(1000)))
+                    steps.append(step)
+                    if not store._to_sweep:
+                        break
+                if len(store) != 1 and len(store) != 0:
+                    raise BenchError(f"the sweep left {len(store)} entries")
+                times.setdefault(f"{name}: sweep, all steps", []).append(sum(steps))
+                times.setdefault(f"{name}: sweep, longest step", []).append(max(steps))
             del store, entries
     return times
 
@@ -790,9 +803,10 @@ def report_apply(times: dict[str, list[float]], rounds: int) -> None:
           f"2 tags each), median of {rounds} round(s)")
     fill = statistics.median(times["fill"]) * 1000
     rows = [(f"fill: Store.put of {OBJECTS:,} entries", f"{fill:.1f}", "baseline", "")]
-    for name in PURGE_OPERATIONS:
+    for name in [n for n in times if n != "fill"]:
         ms = statistics.median(times[name]) * 1000
-        rows.append((name, f"{ms:.1f}", f"{ms / fill:.2f}", verdict(ms, GOAL_APPLY_MS, True)))
+        goal = verdict(ms, GOAL_APPLY_MS, True) if ": sweep, all" not in name else "(background, between requests)"
+        rows.append((name, f"{ms:.1f}", f"{ms / fill:.2f}", goal))
     print_table(("", "ms", "vs fill", f"goal: under {GOAL_APPLY_MS:.0f} ms"), rows)
 
 

@@ -137,6 +137,7 @@ class Edge:
         self.upstream: Upstream | None = None
         self.purge_log = purge_log
         self.listener: PurgeListener | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.refreshing: dict[str, asyncio.Task[None]] = {}
         self.flights: dict[str, asyncio.Event] = {}  # cache key -> set when its fetch is done (coalescing)
         self.hit_for_miss: dict[str, float] = {}  # cache key -> until when it skips coalescing
@@ -175,6 +176,7 @@ class Edge:
         if self.upstream is None:
             self.upstream = Upstream(self.settings)
             await self.upstream.start()
+            self._sweeper = asyncio.create_task(self.sweep_forever())
         if self.listener is None and (self.purge_log is not None or self.settings.redis):
             if self.purge_log is None:
                 self.purge_log = open_log(self.settings.redis, prefix=self.settings.redis_prefix)
@@ -185,9 +187,15 @@ class Edge:
                                           stats=self.registry_stats, count=self.count, fence_ttl=s.fence_ttl)
             self.listener.start()
 
+    async def sweep_forever(self) -> None:
+        """Delete what tag purges removed, a few hundred entries at a time, between requests."""
+        while True:
+            await asyncio.sleep(0 if self.store.sweep(250) else 0.05)
+
     async def stop(self) -> None:
-        for task in list(self.refreshing.values()):
+        for task in [*self.refreshing.values(), *([self._sweeper] if self._sweeper else [])]:
             task.cancel()
+        self._sweeper = None
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None

@@ -236,11 +236,16 @@ def normalise_selecting_value(name: str, lines: Sequence[str]) -> str | None:
     return ",".join(members)
 
 
+NO_TAGS: frozenset[str] = frozenset()  # shared: CPython makes a new 216-byte empty frozenset each time
+
+
 def surrogate_keys(surrogate_key_lines: Sequence[str], cache_tag_lines: Sequence[str]) -> frozenset[str]:
     """Tags from `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated)."""
+    if not surrogate_key_lines and not cache_tag_lines:
+        return NO_TAGS
     tags = {t for line in surrogate_key_lines for t in line.split()}
     tags.update(split_list(cache_tag_lines))
-    return frozenset(t for t in tags if t.isprintable() and len(t) <= 1024)
+    return frozenset(t for t in tags if t.isprintable() and len(t) <= 1024) or NO_TAGS
 
 
 def parse_entity_tags(value: str) -> list[str] | None:

@@ -96,8 +96,8 @@ class PurgeListener:
                     if entries:
                         await self.apply(entries)
                     if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:
-                        # Also re-checks the epoch: a client that reconnects by itself would
-                        # otherwise hide a Redis that restarted empty.
+                        # Also re-checks the epoch and for trimming: a client that reconnects by
+                        # itself would otherwise hide a Redis that restarted empty.
                         await self.sync()
             except LogUnavailable as exc:
                 if self.connected:
@@ -107,15 +107,18 @@ class PurgeListener:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    def flush(self, why: str) -> None:
+        """Empty the cache: what was missed cannot be known."""
+        flushed = self.store.purge_all()
+        self.count("purge_log_flush", 1)
+        log.warning("edge %s emptied its cache (%d entries): %s", self.info.id, flushed, why)
+
     async def sync(self) -> None:
-        """On (re)connection: take the log's position, or catch up, or flush if what we missed is unknowable."""
+        """On (re)connection and every heartbeat: take the log's position, or flush if what we missed is unknowable."""
         epoch = await self.log.epoch()
         if self.position is None or epoch != self.epoch or await self.log.missed_since(self.appended):
             if self.position is not None:
-                flushed = self.store.purge_all()
-                self.count("purge_log_flush", 1)
-                log.warning("edge %s emptied its cache (%d entries): the purge log was %s", self.info.id, flushed,
-                            "reset" if epoch != self.epoch else "trimmed past its position")
+                self.flush("the purge log was reset" if epoch != self.epoch else "the purge log was trimmed past it")
             self.epoch = epoch
             self.position, self.appended = await self.log.tail()
             # Version fences travel in the log: take those still in force, so a restarted edge
@@ -131,16 +134,18 @@ class PurgeListener:
         """Apply in order, then acknowledge the batch (an ack is only ever sent after the purge took effect)."""
         now = time.time()
         for position, purge in entries:
+            if purge.seq != self.appended + 1:
+                # A gap: entries between were trimmed before we read them, or the log started over.
+                self.flush(f"purge log entries {self.appended + 1}..{purge.seq - 1} were missed")
             removed = apply_purge(self.store, purge, self.fence_ttl)
             self.count("purges_applied", 1)
             self.count("purged_objects", removed)
             self.lag.append(max(0.0, now - purge.created_at))
             self.position = position
-            self.appended += 1
+            self.appended = purge.seq
         del self.lag[:-1000]
         self.info.applied_through = self.position or self.info.applied_through
         await self.log.ack(self.info.id, entries, time.time())
-        await self.heartbeat()
 
     async def wait_until_applied(self, position: str, timeout: float) -> bool:
         """Whether this edge has applied the log up to `position`, waiting up to `timeout` for it."""

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
-# Bookkeeping per entry beyond body and headers (the object, its slots, index set members).
-ENTRY_OVERHEAD = 400
+# Memory per entry beyond body and headers, as measured (benchmarks/purge_bench.py): the Entry and
+# its metadata, the LRU's links, the URL index; and per tag, its share of the tag index.
+ENTRY_OVERHEAD = 800
+TAG_OVERHEAD = 150
 # Purges remembered to judge responses that were being fetched while they were applied.
 RECENT_PURGES = 4096
 
@@ -31,10 +33,11 @@ class Entry:
     tags: frozenset[str] = frozenset()
     meta: Any = None
     soft_purged: bool = False
+    serial: int = 0  # the store's purge serial when it was stored
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.size = len(self.body) + self.header_bytes + ENTRY_OVERHEAD + sum(len(t) for t in self.tags)
+        self.size = len(self.body) + self.header_bytes + ENTRY_OVERHEAD + sum(TAG_OVERHEAD + len(t) for t in self.tags)
 
 
 class _EvictingLRU(LRUCache):
@@ -48,6 +51,10 @@ class _EvictingLRU(LRUCache):
         key, entry = super().popitem()
         self._on_evict(entry)
         return key, entry
+
+    def peek(self, key: str) -> Entry | None:
+        """The entry without making it the most recently used."""
+        return Cache.__getitem__(self, key) if key in self else None
 
 
 class Store:
@@ -68,18 +75,42 @@ class Store:
         # Version fences from purges: responses older than the fence for a URL, prefix or tag
         # are not stored (a lagging replica must not put back what a purge removed).
         self._fences: dict[tuple[str, str], tuple[int, float]] = {}  # (kind, value) -> (version, until)
+        # Tag purges cost the same however many entries carry the tag: they mark the tag, entries
+        # stored before the mark count as purged when next looked at, and a sweeper deletes them
+        # in small steps (`sweep`) so a purge of 100,000 objects never blocks the event loop.
+        self._tag_marks: dict[str, tuple[int, int]] = {}  # tag -> serial of its last hard, soft purge
+        self._to_sweep: deque[str] = deque()
 
     # -- reading --------------------------------------------------------------
     def variants(self, url: str) -> list[Entry]:
-        """Every stored variant of `url`, without touching LRU order."""
-        return list(self._by_url.get(url, {}).values())
+        """Every stored variant of `url` that purges left in place, without touching LRU order."""
+        found = self._by_url.get(url)
+        if not found:
+            return []
+        if not self._tag_marks:
+            return list(found.values())
+        return [e for e in list(found.values()) if self.current(e) is not None]
+
+    def current(self, entry: Entry) -> Entry | None:
+        """`entry` as tag purges left it: None (and deleted) after a hard one, marked stale after a soft one."""
+        if entry.tags and self._tag_marks:
+            for tag in entry.tags:
+                marks = self._tag_marks.get(tag)
+                if marks is not None:
+                    if marks[0] > entry.serial:
+                        self.delete(entry.key)
+                        return None
+                    if marks[1] > entry.serial:
+                        entry.soft_purged = True
+        return entry
 
     def touch(self, entry: Entry) -> None:
         """Mark `entry` as just used (LRU)."""
         self._lru.get(entry.key)
 
     def get(self, key: str) -> Entry | None:
-        return self._lru.get(key)
+        entry = self._lru.get(key)
+        return self.current(entry) if entry is not None else None
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -90,7 +121,9 @@ class Store:
         return int(self._lru.currsize)
 
     def keys_for_tag(self, tag: str) -> frozenset[str]:
-        return frozenset(self._by_tag.get(tag, ()))
+        """Keys of the entries carrying `tag` that purges left in place."""
+        keys = list(self._by_tag.get(tag, ()))
+        return frozenset(k for k in keys if (e := self._lru.peek(k)) is not None and self.current(e) is not None)
 
     def tag_count(self) -> int:
         return len(self._by_tag)
@@ -112,6 +145,7 @@ class Store:
             self.delete(entry.key)
         if entry.size > self.capacity or len(entry.body) > self.max_object_size:
             return False
+        entry.serial = self.purge_serial
         self._lru[entry.key] = entry  # may evict, which unlinks through popitem
         self._by_url.setdefault(entry.url, {})[entry.key] = entry
         for tag in entry.tags:
@@ -119,7 +153,7 @@ class Store:
         return True
 
     def delete(self, key: str) -> bool:
-        entry = self._lru.get(key)
+        entry = self._lru.peek(key)
         if entry is None:
             return False
         del self._lru[key]
@@ -140,6 +174,7 @@ class Store:
                 tagged.discard(entry.key)
                 if not tagged:
                     del self._by_tag[tag]
+                    self._tag_marks.pop(tag, None)  # later entries are stored after any mark anyway
 
     # -- version fences ---------------------------------------------------------
     def fence(self, kind: str, values: Iterable[str], version: int, until: float) -> None:
@@ -192,7 +227,7 @@ class Store:
         count = 0
         for key in list(keys):
             if soft:
-                entry = self._lru.get(key)
+                entry = self._lru.peek(key)
                 if entry is not None:
                     entry.soft_purged = True
                     count += 1
@@ -212,13 +247,29 @@ class Store:
         return self._purge_keys(keys, soft)
 
     def purge_tags(self, tags: Iterable[str], soft: bool = False) -> int:
-        """Every entry carrying any of `tags`."""
+        """Every entry carrying any of `tags`: marked at once, deleted by `sweep` (the count is of entries tagged)."""
         tags = frozenset(tags)
         self._record(lambda e: not tags.isdisjoint(e.tags), soft)
-        keys: set[str] = set()
+        serial = self.purge_serial
+        count = 0
         for tag in tags:
-            keys.update(self._by_tag.get(tag, ()))
-        return self._purge_keys(keys, soft)
+            keys = self._by_tag.get(tag)
+            if not keys:
+                continue
+            count += len(keys)
+            hard_mark, soft_mark = self._tag_marks.get(tag, (0, 0))
+            self._tag_marks[tag] = (hard_mark, serial) if soft else (serial, soft_mark)
+            if not soft:
+                self._to_sweep.extend(keys)
+        return count
+
+    def sweep(self, budget: int = 1000) -> bool:
+        """Delete up to `budget` entries hard tag purges removed; True while more remain."""
+        for _ in range(min(budget, len(self._to_sweep))):
+            entry = self._lru.peek(self._to_sweep.popleft())
+            if entry is not None:
+                self.current(entry)
+        return bool(self._to_sweep)
 
     def purge_all(self, soft: bool = False) -> int:
         self._record(lambda e: True, soft)
@@ -228,4 +279,6 @@ class Store:
         self._lru = _EvictingLRU(self.capacity, self._unlink)
         self._by_url.clear()
         self._by_tag.clear()
+        self._tag_marks.clear()
+        self._to_sweep.clear()
         return count

@@ -111,7 +111,8 @@ class PurgeService:
 
     def __init__(self, settings: PurgeApiSettings, purge_log: PurgeLog | None = None) -> None:
         self.settings = settings
-        self.log = purge_log or open_log(settings.redis, prefix=settings.redis_prefix, maxlen=settings.log_maxlen)
+        self.log = purge_log or open_log(settings.redis, prefix=settings.redis_prefix, maxlen=settings.log_maxlen,
+                                         record_ttl=settings.status_ttl)
         self.owns_log = purge_log is None
         self.repurges: dict[str, tuple[str, float]] = {}  # first purge id -> its delayed repeat's id, due time
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,10 +133,12 @@ class PurgeService:
             return None
         position, purge = found
         now = time.time()
+        # The registry first: an edge acknowledges before it heartbeats, so an ack is never missed.
+        edges = await self.log.edges()
         acks = await self.log.acks(purge_id)
         applied: dict[str, Any] = {}
         pending: list[str] = []
-        for edge in sorted(await self.log.edges(), key=lambda e: e.id):
+        for edge in sorted(edges, key=lambda e: e.id):
             live = now - edge.heartbeat_at <= self.settings.live_after
             if edge.id in acks:
                 applied[edge.id] = {"at": acks[edge.id], "after_ms": round((acks[edge.id] - purge.created_at) * 1000, 1),

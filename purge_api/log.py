@@ -14,7 +14,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 PURGE_KINDS = ("url", "prefix", "tag", "all")
@@ -42,10 +42,12 @@ class Purge:
     created_at: float = 0.0
     version: int | None = None  # a version fence: refuse to store anything older (see edge)
     event: str | None = None  # the event that caused it, for display
+    seq: int = 0  # its number in the log (1, 2, ...), set by the log: a reader sees any gap
 
     def to_fields(self) -> dict[str, str]:
         data = asdict(self)
         data["values"] = list(self.values)
+        del data["seq"]
         return {"purge": json.dumps(data, separators=(",", ":"))}
 
     @classmethod
@@ -53,6 +55,7 @@ class Purge:
         raw = fields.get("purge") or fields.get(b"purge")
         data = json.loads(raw)
         data["values"] = tuple(data.get("values", ()))
+        data["seq"] = int(fields.get("seq") or fields.get(b"seq") or 0)
         return cls(**data)
 
 
@@ -166,8 +169,9 @@ class MemoryPurgeLog:
                         return first
                 self._idempotency[idempotency_key] = (purge.id, now + idempotency_ttl)
             position = self._next_position()
-            self._entries.append((position, purge))
             self._appended += 1
+            purge = replace(purge, seq=self._appended)
+            self._entries.append((position, purge))
             self._positions[purge.id] = position
             if len(self._entries) > self.maxlen:
                 dropped = self._entries[: len(self._entries) - self.maxlen]
@@ -234,18 +238,32 @@ class MemoryPurgeLog:
         return None
 
 
-# XADD and the id -> position index in one step, so a logged purge can always be found by id.
+# Number the purge, XADD it and index id -> position in one step, so a logged purge can always
+# be found by id and a reader can tell when it skipped one.
 _APPEND = """
-local position = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'purge', ARGV[2])
+local seq = redis.call('INCR', KEYS[3])
+local position = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'purge', ARGV[2], 'seq', seq)
 redis.call('SET', KEYS[2], position, 'EX', ARGV[3])
-return position
+return {position, seq}
+"""
+# The newest position with its number, and how many entries the stream still holds, read together.
+_TAIL = """
+local position, length = '0-0', 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then position = info[i + 1] end
+    if info[i] == 'length' then length = info[i + 1] end
+  end
+end
+return {position, tonumber(redis.call('GET', KEYS[2]) or '0'), length}
 """
 
 
 class RedisPurgeLog:
     """The purge log in Redis: a stream trimmed by length, an epoch key, ack hashes and an edge registry hash."""
 
-    def __init__(self, url: str, prefix: str = "cdn:", maxlen: int = 100_000, record_ttl: int = 86400,
+    def __init__(self, url: str, prefix: str = "cdn:", maxlen: int = 100_000, record_ttl: int = 3600,
                  timeout: float = 2.0) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -262,7 +280,9 @@ class RedisPurgeLog:
         self.stream = prefix + "purge-log"
         self.maxlen = maxlen
         self.record_ttl = record_ttl
+        self.seq_key = prefix + "purge-seq"
         self._append = self.redis.register_script(_APPEND)
+        self._tail = self.redis.register_script(_TAIL)
 
     async def _call(self, coro: Any) -> Any:
         import redis.exceptions
@@ -285,9 +305,9 @@ class RedisPurgeLog:
                     await asyncio.sleep(0.05)
                 await self._call(self.redis.set(key, purge.id, ex=ttl))
         fields = purge.to_fields()["purge"]
-        position = await self._call(self._append(keys=[self.stream, f"{self.prefix}purge:{purge.id}"],
-                                                 args=[self.maxlen, fields, self.record_ttl]))
-        return position, purge
+        position, seq = await self._call(self._append(keys=[self.stream, f"{self.prefix}purge:{purge.id}", self.seq_key],
+                                                      args=[self.maxlen, fields, self.record_ttl]))
+        return position, replace(purge, seq=int(seq))
 
     async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
         answer = await self._call(self.redis.xread({self.stream: position}, count=count, block=max(1, int(block * 1000))))
@@ -296,23 +316,13 @@ class RedisPurgeLog:
         _, entries = answer[0]
         return [(entry_id, Purge.from_fields(fields)) for entry_id, fields in entries]
 
-    async def _info(self) -> dict[str, Any] | None:
-        import redis.exceptions
-
-        try:
-            return await self.redis.xinfo_stream(self.stream)
-        except redis.exceptions.ResponseError:
-            return None  # no such stream yet
-        except (redis.exceptions.RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise LogUnavailable(f"redis: {exc.__class__.__name__}: {exc}") from None
-
     async def history(self, since: float) -> list[tuple[str, Purge]]:
         entries = await self._call(self.redis.xrevrange(self.stream, "+", f"{int(since * 1000)}-0", count=10_000))
         return [(entry_id, Purge.from_fields(fields)) for entry_id, fields in reversed(entries)]
 
     async def tail(self) -> tuple[str, int]:
-        info = await self._info()
-        return (info["last-generated-id"], int(info["entries-added"])) if info else ("0-0", 0)
+        position, seq, _ = await self._call(self._tail(keys=[self.stream, self.seq_key]))
+        return position, int(seq)
 
     async def epoch(self) -> str:
         key = self.prefix + "epoch"
@@ -321,12 +331,9 @@ class RedisPurgeLog:
 
     async def missed_since(self, appended: int) -> bool:
         # Entries only ever leave from the front (trimming), so the ones gone are the first
-        # entries-added - length; a count below ours means the stream started over.
-        info = await self._info()
-        if info is None:
-            return appended > 0
-        added = int(info["entries-added"])
-        return added - int(info["length"]) > appended or appended > added
+        # seq - length; a number below ours means the log started over.
+        _, seq, length = await self._call(self._tail(keys=[self.stream, self.seq_key]))
+        return int(seq) - int(length) > appended or appended > int(seq)
 
     async def find(self, purge_id: str) -> tuple[str, Purge] | None:
         position = await self._call(self.redis.get(f"{self.prefix}purge:{purge_id}"))

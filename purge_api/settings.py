@@ -31,6 +31,7 @@ class PurgeApiSettings(ServiceSettings):
     live_after: float = Field(5.0, gt=0, description="an edge is live while its last heartbeat is younger than this (seconds)")
     max_wait: float = Field(30.0, gt=0, description="longest a caller may wait for acknowledgements (seconds)")
     log_maxlen: int = Field(100_000, ge=100, description="purge log length kept (an edge further behind empties its cache)")
+    status_ttl: int = Field(3600, gt=0, description="seconds a purge's acknowledgements and id index are kept (beyond that: 404)")
     idempotency_ttl: int = Field(86400, gt=0, description="seconds an Idempotency-Key is remembered")
     repurge_delay: float = Field(0.0, ge=0, description="repeat every purge after this many seconds (0: off), for origins with lagging replicas")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="server log level")

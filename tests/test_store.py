@@ -13,7 +13,9 @@ def entry(key: str, size: int = 100, tags: tuple[str, ...] = (), url: str | None
 
 def assert_indexes_exact(store: Store) -> None:
     """Every indexed key is stored, and every stored entry is indexed under its URL and each tag."""
-    stored = {key: store.get(key) for key in list(store._lru.keys())}
+    while store.sweep():
+        pass
+    stored = {key: store._lru.peek(key) for key in list(store._lru.keys())}
     by_url = {k for keys in store._by_url.values() for k in keys}
     by_tag = {k for keys in store._by_tag.values() for k in keys}
     assert by_url == set(stored)
@@ -68,6 +70,42 @@ def test_tag_index_is_exact_through_replacement() -> None:
     assert store.keys_for_tag("old") == frozenset()
     assert store.keys_for_tag("new") == {"k"}
     assert_indexes_exact(store)
+
+
+def test_a_tag_purge_marks_at_once_and_the_sweep_deletes_in_steps() -> None:
+    store = Store(100_000_000, 10_000)
+    for i in range(5000):
+        store.put(entry(f"k{i}", tags=("all", f"t{i}")))
+    store.put(entry("other", tags=("keep",)))
+    assert store.purge_tags(["all"]) == 5000
+    assert store.get("k7") is None  # gone for lookups before any sweep
+    assert store.variants("k8") == []
+    assert store.sweep(budget=1000)  # more to do
+    while store.sweep(budget=1000):
+        pass
+    assert len(store) == 1 and store.get("other") is not None
+    assert_indexes_exact(store)
+
+
+def test_entries_stored_after_a_tag_purge_are_not_affected_by_it() -> None:
+    store = Store(1_000_000, 10_000)
+    store.put(entry("old", tags=("t",)))
+    store.purge_tags(["t"])
+    store.put(entry("new", tags=("t",)))
+    assert store.get("old") is None
+    assert store.get("new") is not None
+    assert store.keys_for_tag("t") == {"new"}
+
+
+def test_soft_purge_does_not_make_entries_most_recently_used() -> None:
+    store = Store(3 * entry("probe", tags=("t",)).size, 10_000)
+    store.put(entry("a", tags=("t",)))
+    store.put(entry("b", tags=("u",)))
+    store.put(entry("c", tags=("u",)))
+    store.purge_url("a", soft=True)
+    store.put(entry("d", tags=("u",)))
+    assert store._lru.peek("a") is None  # the stale one went first, not fresh "b"
+    assert store._lru.peek("b") is not None
 
 
 def test_purge_by_tag_removes_exactly_the_tagged_entries() -> None:

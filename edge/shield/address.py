@@ -51,37 +51,38 @@ class ClientAddress:
     def __init__(self, trusted_proxies: Iterable[str] = (), ipv6_prefix: int = 64) -> None:
         self.trusted: tuple[Network, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies)
         self.ipv6_prefix = ipv6_prefix
-        # Socket peers repeat (keep-alive, busy clients): their normal form is worth remembering.
-        self._peer_name = functools.lru_cache(maxsize=65536)(self._name_of_peer)
+        # Peers, proxies and clients repeat (keep-alive, busy clients): each text is parsed once. Keyed by
+        # the text, not the address: ipaddress objects hash slowly. Texts over 80 characters are never addresses.
+        self._hop = functools.lru_cache(maxsize=65536)(self._read_hop)
 
     def __call__(self, scope: MutableMapping[str, Any]) -> str | None:
         """The client's name for rate limits and bans: an address, an IPv6 prefix, or None when unknown."""
         peer = scope.get("client")
-        if not peer:
+        if not peer or not isinstance(peer[0], str):
             return None
         host = peer[0]
-        if not self.trusted:
-            return self._peer_name(host)
-        address = parse_address(host) if isinstance(host, str) else None
-        if address is None or not self.is_trusted(address):
-            return self._peer_name(host)
-        return self.name(self.walk_forwarded_for(address, _field_lines(scope.get("headers", ()))))
+        address, trusted, name = self._hop(host) if len(host) <= 80 else (None, False, host)
+        if address is None:
+            return host  # not an IP address (a unix socket path, a test client's name): its own name
+        if not trusted:
+            return name
+        return self.walk_forwarded_for(name, _field_lines(scope.get("headers", ())))
 
     def is_trusted(self, address: IPAddress) -> bool:
         """Whether `address` is one of our proxies."""
         return any(address.version == net.version and address in net for net in self.trusted)
 
-    def walk_forwarded_for(self, peer: IPAddress, lines: Sequence[str]) -> IPAddress:
-        """The right-most address of X-Forwarded-For not in a trusted range (the peer is trusted)."""
-        client = peer
+    def walk_forwarded_for(self, peer_name: str, lines: Sequence[str]) -> str:
+        """The name of the right-most address of X-Forwarded-For not in a trusted range (the peer is trusted)."""
+        client = peer_name
         entries = ",".join(lines).split(",")
         for entry in reversed(entries):
-            address = parse_address(entry)
+            address, trusted, name = self._hop(entry) if len(entry) <= 80 else (None, False, "")
             if address is None:
                 # A trusted hop wrote something that is not an address: believe nothing further left.
                 break
-            client = address
-            if not self.is_trusted(address):
+            client = name
+            if not trusted:
                 break
         return client
 
@@ -91,12 +92,11 @@ class ClientAddress:
             return str(ipaddress.IPv6Network((address, self.ipv6_prefix), strict=False))
         return str(address)
 
-    def _name_of_peer(self, host: Any) -> str | None:
-        if not isinstance(host, str):
-            return None
-        address = parse_address(host)
-        # A peer that is no IP address (a unix socket path, a test client's name) is its own name.
-        return self.name(address) if address is not None else host
+    def _read_hop(self, text: str) -> tuple[IPAddress | None, bool, str]:
+        address = parse_address(text)
+        if address is None:
+            return None, False, ""
+        return address, bool(self.trusted) and self.is_trusted(address), self.name(address)
 
 
 def _field_lines(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:

@@ -7,8 +7,9 @@ RateLimit and RateLimit-Policy follow draft-ietf-httpapi-ratelimit-headers-11
     RateLimit: "origin";r=0;t=3             r requests left; t seconds of the effective window
 
 A GCRA has no fixed window; it is advertised as its burst spread over the time
-the burst takes to refill, w = ceil(burst / rate), with q = max(burst, rate × w).
-On a refusal t is the same instant as Retry-After, as §6 of the draft asks.
+the burst takes to refill, w = ceil(burst / rate), with q = max(burst, rate × w)
+(`rules.policy_item`). On a refusal t is the same instant as Retry-After, as
+the draft asks; on an admitted request it is when the burst is whole again.
 """
 
 from __future__ import annotations
@@ -48,13 +49,6 @@ def delay_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds - 1e-9)) if seconds > 0 else 0
 
 
-def policy_item(rule: Rule) -> str:
-    """The rule as a RateLimit-Policy list member."""
-    window = max(1, math.ceil(rule.gcra.burst / rule.gcra.rate - 1e-9))
-    quota = max(rule.gcra.burst, math.floor(rule.gcra.rate * window + 1e-9))
-    return f'"{rule.name}";q={quota};w={window}'
-
-
 def limit_item(rule: Rule, verdict: Verdict) -> str:
     """The rule's current service limit as a RateLimit list member."""
     t = delay_seconds(verdict.retry_after if not verdict.allowed else verdict.reset)
@@ -63,7 +57,7 @@ def limit_item(rule: Rule, verdict: Verdict) -> str:
 
 def ratelimit_fields(rule: Rule, verdict: Verdict) -> Fields:
     """RateLimit-Policy and RateLimit for one rule's verdict."""
-    return ((b"ratelimit-policy", policy_item(rule).encode()), (b"ratelimit", limit_item(rule, verdict).encode()))
+    return ((b"ratelimit-policy", rule.policy), (b"ratelimit", limit_item(rule, verdict).encode()))
 
 
 def rate_limited(rule: Rule, verdict: Verdict) -> Decision:

@@ -148,7 +148,10 @@ class FleetLimiter:
             self.stats["unavailable"] += 1
             return None
         loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            if self._worker is not None and self._worker.get_loop() is not loop:
+                self._queue.clear()  # the app runs in a new event loop: what the old one queued is gone
+            self._wake = asyncio.Event()  # an Event belongs to the loop that first waits on it
             self._worker = loop.create_task(self._run(), name="shield-fleet")
         future: asyncio.Future[list[Verdict] | None] = loop.create_future()
         self._queue.append(_Pending(checks, future))
@@ -163,7 +166,7 @@ class FleetLimiter:
             return None
 
     async def close(self) -> None:
-        """Stop the worker and, if it is ours, close the client."""
+        """Stop the worker and, if it is ours, close the client's connections (it reconnects if used again)."""
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -171,6 +174,7 @@ class FleetLimiter:
             except (asyncio.CancelledError, RuntimeError):
                 pass  # RuntimeError: the worker's loop is gone (a test's loop closed first)
             self._worker = None
+            self._queue.clear()
         if self.owns_client:
             await self.redis.aclose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -44,8 +45,9 @@ class RequestView:
 
     @property
     def path(self) -> str:
+        """The path without a query, normalised."""
         if self._path is None:
-            self._path = normalise_path(self.raw_path)
+            self._path = normalise_path(self.raw_path.split("?", 1)[0])
         return self._path
 
     def header(self, name: str) -> str | None:
@@ -72,6 +74,7 @@ class Rule:
     scope: str
     action: str
     fleet: bool
+    policy: bytes  # its RateLimit-Policy member, which never changes
 
     @property
     def enforces(self) -> bool:
@@ -106,13 +109,24 @@ class Rule:
         """The Redis key of one counter; values are hashed (API keys stay out of Redis, lengths stay bounded)."""
         if not key:
             return f"{prefix}shield:{self.name}"
-        digest = hashlib.blake2b("\x1f".join(key).encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+        text = "".join(f"{len(part)}:{part}" for part in key)  # length-prefixed: no two keys run together
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
         return f"{prefix}shield:{self.name}:{digest}"
+
+
+def policy_item(name: str, gcra: Gcra) -> str:
+    """A rule as a RateLimit-Policy member: its burst over the time the burst takes to refill (see `decision`)."""
+    window = max(1, math.ceil(gcra.burst / gcra.rate - 1e-9))
+    quota = max(gcra.burst, math.floor(gcra.rate * window + 1e-9))
+    return f'"{name}";q={quota};w={window}'
 
 
 def compile_rules(rules: Sequence[RuleSettings]) -> tuple[Rule, ...]:
     """Rules in the order given, ready to apply."""
-    return tuple(
-        Rule(index=i, name=r.name, gcra=Gcra(r.rate, r.burst), parts=tuple(r.key), paths=tuple(r.paths),
-             methods=frozenset(r.methods), scope=r.scope, action=r.action, fleet=r.fleet)
-        for i, r in enumerate(rules))
+    compiled = []
+    for i, r in enumerate(rules):
+        gcra = Gcra(r.rate, r.burst)
+        compiled.append(Rule(index=i, name=r.name, gcra=gcra, parts=tuple(r.key), paths=tuple(r.paths),
+                             methods=frozenset(r.methods), scope=r.scope, action=r.action, fleet=r.fleet,
+                             policy=policy_item(r.name, gcra).encode()))
+    return tuple(compiled)

@@ -6,9 +6,10 @@ Each decision goes, cheapest first:
 2. the rules of the phase (receive: scope "all"; before an upstream fetch:
    scope "origin"): none matching is the common case, and then `admit`
    returns without awaiting anything;
-3. refusals Redis gave recently for these counters (no round trip);
-4. the local GCRA of each counter, at the rule's own rate and burst: the
-   request is reserved there, or refused at once;
+3. the local GCRA of each counter, at the rule's own rate and burst: the
+   request is refused at once, or goes on;
+4. refusals Redis gave recently for these counters (no round trip); then
+   the request is reserved in the local counters;
 5. Redis, for fleet rules: one script call, shared with concurrent requests;
    a refusal there takes the local reservation back.
 
@@ -115,37 +116,36 @@ class Shield:
     # -- deciding ------------------------------------------------------------------------
     async def _decide(self, client: str | None, matched: list[tuple[Rule, tuple[str, ...]]]) -> Decision:
         now = self.clock()
-        fleet = self.fleet
-        if fleet is not None:
-            for rule, key in matched:
-                if rule.fleet and rule.enforces:
-                    known = fleet.known_refusal(rule.redis_key(self.prefix, key), now)
-                    if known is not None:
-                        self.counters["remembered_rejections"] += 1
-                        return self._refuse(client, [(rule, known)], now)
-
         verdicts = [self.local.peek((rule.index, key), rule.gcra, now) for rule, key in matched]
         refusing = [(rule, v) for (rule, _), v in zip(matched, verdicts) if not v.allowed and rule.enforces]
         if refusing:
             self.counters["local_rejections"] += 1
             return self._refuse(client, refusing, now)
+
+        fleet = self.fleet
+        asked = [i for i, (rule, _) in enumerate(matched) if rule.fleet] if fleet is not None else []
+        redis_keys = {i: matched[i][0].redis_key(self.prefix, matched[i][1]) for i in asked}
+        for i in asked:
+            rule = matched[i][0]
+            if rule.enforces and fleet is not None and (known := fleet.known_refusal(redis_keys[i], now)):
+                self.counters["remembered_rejections"] += 1
+                return self._refuse(client, [(rule, known)], now)
+
         reserved = [i for i, verdict in enumerate(verdicts) if verdict.allowed]
         for i in reserved:
             rule, key = matched[i]
             self.local.commit((rule.index, key), verdicts[i], now)
 
-        asked = [i for i, (rule, _) in enumerate(matched) if rule.fleet] if fleet is not None else []
         if fleet is not None and asked:
-            checks = [FleetCheck(matched[i][0].redis_key(self.prefix, matched[i][1]), matched[i][0].gcra,
-                                 matched[i][0].enforces) for i in asked]
+            checks = [FleetCheck(redis_keys[i], matched[i][0].gcra, matched[i][0].enforces) for i in asked]
             answer = await fleet.decide(checks)
             if answer is None:
                 self.counters["fleet_unavailable"] += 1
-                if self.settings.fleet_unavailable == "refuse":
+                enforcing = [matched[i][0] for i in asked if matched[i][0].enforces]
+                if self.settings.fleet_unavailable == "refuse" and enforcing:
                     self._refund(matched, reserved)
                     self.counters["shed"] += 1
-                    rule = matched[asked[0]][0]
-                    return answers.fleet_unavailable(rule, max(fleet.unavailable_for(self.clock()), 1.0))
+                    return answers.fleet_unavailable(enforcing[0], max(fleet.unavailable_for(self.clock()), 1.0))
             else:
                 for i, verdict in zip(asked, answer):
                     verdicts[i] = verdict
