@@ -144,6 +144,7 @@ class Edge:
         self.in_flight = 0
         self.counters: dict[str, int] = {}
         self._via = f"1.1 {settings.id}"
+        self._served_by = (b"x-served-by", f"{settings.id}; region={settings.region}".encode())
         self._strip = set(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS) if settings.strip_surrogate_headers else set()
         from edge.admin import build_admin
 
@@ -506,7 +507,7 @@ class Edge:
         out = self.deliverable(headers, request)
         if "date" not in headers:
             out.append((b"date", format_http_date(response_time).encode()))
-        out.append((b"cache-status", f"{self.id}; {fwd}; stored".encode()))
+        out += [(b"cache-status", f"{self.id}; {fwd}; stored".encode()), self._served_by]
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         buffer = bytearray()
         keep = self.store.fits(0)
@@ -560,7 +561,7 @@ class Edge:
                      cache_status: str) -> None:
         """Deliver an origin response without storing it."""
         out = self.deliverable(headers, request)
-        out.append((b"cache-status", cache_status.encode("latin-1")))
+        out += [(b"cache-status", cache_status.encode("latin-1")), self._served_by]
         await send({"type": "http.response.start", "status": response.status, "headers": out})
         async for chunk in response.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -666,7 +667,8 @@ class Edge:
         status_parts.append(f"ttl={int(ttl)}" if ttl > -1e9 else "ttl=0")
         if detail:
             status_parts.append(f"detail={detail}")
-        extra = [(b"age", str(int(min(age, 2**31))).encode()), (b"cache-status", "; ".join(status_parts).encode())]
+        extra = [(b"age", str(int(min(age, 2**31))).encode()), (b"cache-status", "; ".join(status_parts).encode()),
+                 self._served_by]
         if meta.status == 200 and rfc.not_modified(request.headers, meta.headers, meta.freshness.response_time):
             headers = [(k, v) for k, v in meta.wire if k.decode("latin-1") in rfc.NOT_MODIFIED_FIELDS]
             await send({"type": "http.response.start", "status": 304, "headers": headers + extra})
@@ -709,6 +711,7 @@ class Edge:
     async def send_error(self, send: Send, status: int, message: str, fwd: str | None = None,
                          extra: list[tuple[bytes, bytes]] = ()) -> None:
         extra = [*extra, (b"cache-status", f"{self.id}; {fwd}".encode())] if fwd else list(extra)
+        extra.append(self._served_by)
         headers, body = _plain(status, message, extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -150,11 +150,16 @@ def parse_directives(lines: Sequence[str]) -> Directives:
     return Directives(values, frozenset(duplicated))
 
 
+def _capped(digits: str) -> int:
+    """An ASCII digit string as an int no larger than 2^31 (int() refuses thousands of digits)."""
+    return DELTA_SECONDS_MAX if len(digits) > 10 else min(int(digits), DELTA_SECONDS_MAX)
+
+
 def delta_seconds(value: str | None) -> int:
-    """RFC 9111 §1.2.2 delta-seconds: digits only; -1 when invalid, capped at 2^31."""
+    """RFC 9111 §1.2.2 delta-seconds: ASCII digits only; -1 when invalid, capped at 2^31."""
     if value is None or not _DIGITS.match(value):
         return -1
-    return min(int(value), DELTA_SECONDS_MAX)
+    return _capped(value)
 
 
 def parse_surrogate_control(lines: Sequence[str], device: str) -> Directives:
@@ -215,7 +220,7 @@ def parse_age(lines: Sequence[str]) -> float:
     value = lines[0].strip()
     if not _DIGITS.match(value):
         return AGE_INVALID
-    return float(min(int(value), DELTA_SECONDS_MAX))
+    return float(_capped(value))
 
 
 def parse_vary(lines: Sequence[str]) -> tuple[str, ...] | None:
@@ -248,11 +253,29 @@ def surrogate_keys(surrogate_key_lines: Sequence[str], cache_tag_lines: Sequence
     return frozenset(t for t in tags if t.isprintable() and len(t) <= 1024) or NO_TAGS
 
 
+_ENTITY_TAG = re.compile(r'\s*((?:W/)?"[^"]*")\s*(?:,|\Z)')
+
+
 def parse_entity_tags(value: str) -> list[str] | None:
-    """The entity-tags of If-None-Match / If-Match; None means `*`."""
+    """The entity-tags of If-None-Match / If-Match; None means `*`. A backslash is an ordinary etagc."""
     if value.strip() == "*":
         return None
-    return [t for t in split_list([value])]
+    tags = []
+    position = 0
+    while position < len(value):
+        if value[position] in " \t,":
+            position += 1
+            continue
+        match = _ENTITY_TAG.match(value, position)
+        if match is None:  # not an entity-tag: keep the member as written, it matches nothing real
+            end = value.find(",", position)
+            end = len(value) if end < 0 else end
+            tags.append(value[position:end].strip())
+            position = end + 1
+            continue
+        tags.append(match.group(1))
+        position = match.end()
+    return tags
 
 
 def weak_match(a: str, b: str) -> bool:
@@ -275,8 +298,10 @@ def parse_range(value: str | None, length: int) -> tuple[int, int] | str | None:
         return None
     first_s, dash, last_s = specs[0].partition("-")
     first_s, last_s = first_s.strip(), last_s.strip()
-    if not dash or (first_s and not first_s.isdigit()) or (last_s and not last_s.isdigit()):
+    if not dash or (first_s and not _DIGITS.match(first_s)) or (last_s and not _DIGITS.match(last_s)):
         return None
+    # Positions beyond 10^18 bytes are past any stored body; clip them before int() sees thousands of digits.
+    first_s, last_s = first_s[:19] if len(first_s) <= 19 else "9" * 19, last_s[:19] if len(last_s) <= 19 else "9" * 19
     if not first_s:
         if not last_s:
             return None

@@ -108,9 +108,8 @@ def uncacheable_reason(
         return "request-no-store"
     if "private" in d and not d.field_names("private"):
         return "private"
-    if "authorization" in request and source == "cache-control":
-        if not ("public" in d or "s-maxage" in d or "must-revalidate" in d):
-            return "authorization"
+    if "authorization" in request and not ("public" in d or "s-maxage" in d or "must-revalidate" in d):
+        return "authorization"  # RFC 9111 §3.5, whichever field the directives came from
     if "set-cookie" in response and not policy.cache_set_cookie:
         return "set-cookie"
     if parse_vary(response.get_all("vary")) is None:
@@ -253,7 +252,8 @@ def may_serve_stale_on_error(freshness: Freshness, request: Directives, now: flo
 def merge_304(stored: Headers, validation: Headers) -> Headers:
     """The stored headers freshened by a 304 (RFC 9111 §3.2, §4.3.4)."""
     updates = end_to_end(validation).remove(NOT_UPDATED_BY_304)
-    names = {k for k, _ in updates.items}
+    # The stored Age described the first response; the validated one is as old as the 304 says.
+    names = {k for k, _ in updates.items} | {"age"}
     return Headers([(k, v) for k, v in stored.items if k not in names] + updates.items)
 
 
@@ -278,10 +278,10 @@ def not_modified(request: Headers, stored: Headers, response_time: float) -> boo
         if tags is None:
             return True
         return etag is not None and any(weak_match(t, etag) for t in tags)
-    ims_value = request.get("if-modified-since")
-    if ims_value is None:
-        return False
-    ims = parse_http_date(ims_value)
+    ims_lines = request.get_all("if-modified-since")
+    if len(ims_lines) != 1:
+        return False  # absent, or more than one: ignore it (RFC 9110 §13.1.3)
+    ims = parse_http_date(ims_lines[0])
     if ims is None:
         return False
     modified = single_date(stored.get_all("last-modified"))

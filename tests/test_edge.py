@@ -58,6 +58,7 @@ def test_miss_then_hit_serves_from_cache_with_age_and_cache_status(rig: Rig) -> 
     assert "stored" in status_of(first)
     assert status_of(second).startswith("edge-t; hit; ttl=")
     assert second.headers["age"].isdigit()
+    assert first.headers["x-served-by"] == second.headers["x-served-by"] == "edge-t; region=local"
     assert rig.origin.hits["/a"] == 1
 
 

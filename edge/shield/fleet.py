@@ -4,9 +4,9 @@ One request's decision is one EVALSHA over every fleet counter it goes to,
 all or nothing: when a counter that enforces refuses, none is charged. The
 script reads the clock of the Redis server, so edges' clocks do not matter,
 and keeps each counter's TAT under a PX expiry that ends when the counter is
-idle again. Decisions of concurrent requests share one round trip (a
-pipeline sent while the previous one was out), which changes no answer: every
-decision is still atomic in Redis. A refusal is remembered until its
+idle again. A decision made while no other is out is sent at once; those that
+arrive while one is out go together as one pipeline, which changes no answer:
+every decision is still atomic in Redis. A refusal is remembered until its
 retry-after, measured from before the request was sent, so it ends no later
 than Redis' own, and the key's later requests are refused without a round
 trip. A decision that gets no answer within `timeout` falls back to the
@@ -113,6 +113,7 @@ class FleetLimiter:
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._in_flight = 0  # round trips out now
         self._args: dict[Gcra, tuple[str, str]] = {}
 
     @classmethod
@@ -147,6 +148,10 @@ class FleetLimiter:
         if self.clock() < self.open_until:
             self.stats["unavailable"] += 1
             return None
+        if not self._in_flight:
+            # Nothing out: ask at once, without handing over to the worker (a task switch each way).
+            answers = await self._call([checks])
+            return None if answers is None else answers[0]
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             if self._worker is not None and self._worker.get_loop() is not loop:
@@ -160,9 +165,7 @@ class FleetLimiter:
             async with asyncio.timeout(self.timeout):
                 return await future
         except TimeoutError:
-            # Too slow is as bad as down: stop asking for a while rather than make every request wait.
-            self.stats["timeouts"] += 1
-            self.open_until = max(self.open_until, self.clock() + self.circuit_break)
+            self._failed("timeouts", "no answer in time")
             return None
 
     async def close(self) -> None:
@@ -178,8 +181,9 @@ class FleetLimiter:
         if self.owns_client:
             await self.redis.aclose()
 
-    # -- the worker: one batch in flight at a time ------------------------------------------
+    # -- talking to Redis ---------------------------------------------------------------------
     async def _run(self) -> None:
+        """The worker: decisions that arrived while others were out go together, as one pipeline."""
         while True:
             if not self._queue:
                 self._wake.clear()
@@ -189,27 +193,38 @@ class FleetLimiter:
             del self._queue[: self.max_batch]
             if not batch:
                 continue
-            sent_at = self.clock()
-            try:
-                async with asyncio.timeout(self.timeout):
-                    replies = await self._send([p.checks for p in batch])
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(batch, exc)
-                continue
-            except Exception as exc:  # the worker must outlive any one batch; counted and logged
-                log.exception("shield: unexpected failure deciding in Redis")
-                self._failed(batch, exc)
-                continue
-            for pending, reply in zip(batch, replies):
-                verdicts = self._verdicts(pending.checks, reply, sent_at)
+            answers = await self._call([p.checks for p in batch])
+            for i, pending in enumerate(batch):
                 if not pending.future.done():
-                    pending.future.set_result(verdicts)
+                    pending.future.set_result(None if answers is None else answers[i])
 
-    def _failed(self, batch: list[_Pending], exc: BaseException) -> None:
-        self.stats["errors"] += 1
-        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        self.open_until = self.clock() + self.circuit_break
-        for pending in batch + self._queue:
+    async def _call(self, batches: list[Sequence[FleetCheck]]) -> list[list[Verdict]] | None:
+        """One round trip for these decisions (two more when Redis lacks the script); None when it failed."""
+        self._in_flight += 1
+        sent_at = self.clock()
+        try:
+            async with asyncio.timeout(self.timeout):
+                replies = await self._send(batches)
+        except TimeoutError:
+            self._failed("timeouts", "no answer in time")
+            return None
+        except (RedisError, OSError) as exc:
+            self._failed("errors", exc)
+            return None
+        except Exception as exc:  # nothing may escape onto the request path; counted and logged
+            log.exception("shield: unexpected failure deciding in Redis")
+            self._failed("errors", exc)
+            return None
+        finally:
+            self._in_flight -= 1
+        return [self._verdicts(checks, reply, sent_at) for checks, reply in zip(batches, replies)]
+
+    def _failed(self, kind: str, problem: BaseException | str) -> None:
+        # Too slow is as bad as down: stop asking for a while rather than make every request wait.
+        self.stats[kind] += 1
+        self.last_error = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}".rstrip(": ")
+        self.open_until = max(self.open_until, self.clock() + self.circuit_break)
+        for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_result(None)
         self._queue.clear()
