@@ -15,6 +15,8 @@ import types
 import typing
 from typing import Any
 
+from pydantic import BaseModel
+
 from cdn.config import ServiceSettings, SettingsError, env_prefix, load_settings
 
 # subcommand -> (settings class, app factory), imported only when used.
@@ -22,6 +24,7 @@ SERVICES: dict[str, tuple[str, str, str]] = {
     "edge": ("edge.settings:EdgeSettings", "edge.app:create_app", "run an edge node (caching reverse proxy)"),
     "origin": ("origin_mock.settings:OriginSettings", "origin_mock.app:create_app", "run the origin mock (a small shop)"),
     "purge-api": ("purge_api.settings:PurgeApiSettings", "purge_api.app:create_app", "run the purge service"),
+    "router": ("balancer.router_settings:RouterSettings", "balancer.router:create_app", "run the front door"),
 }
 
 
@@ -40,7 +43,7 @@ def _flag_type(annotation: Any) -> tuple[Any, bool]:
     if annotation in (int, float, str):
         return annotation, False
     origin = typing.get_origin(annotation) or annotation
-    if origin in (list, dict, tuple):
+    if origin in (list, dict, tuple) or (isinstance(origin, type) and issubclass(origin, BaseModel)):
         return json.loads, False
     return str, False
 

@@ -88,8 +88,14 @@ def build_admin(edge: Edge) -> Starlette:
             return denied
         return JSONResponse(edge.upstream.snapshot() if edge.upstream is not None else {})
 
+    async def shield(request: Request) -> JSONResponse:
+        if (denied := authorised(request)) is not None:
+            return denied
+        return JSONResponse(edge.shield.snapshot())
+
     return Starlette(routes=[
         Route("/_edge/health", health),
+        Route("/_edge/shield", shield),
         Route("/_edge/pool", pool),
         Route("/_edge/stats", stats),
         Route("/_edge/purge", purge, methods=["POST"]),

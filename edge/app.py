@@ -36,6 +36,7 @@ from edge.headers import (
 from edge.origin import OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
+from edge.shield import Decision, Shield
 from edge.store import Entry, Store
 from edge.upstream import Upstream
 from purge_api.log import EdgeInfo, PurgeLog, open_log
@@ -68,11 +69,13 @@ class ClientRequest:
     headers: Headers
     client: str
     directives: Directives = field(default=rfc.Directives({}))
+    path: str = "/"  # decoded, without the query: what shield rules match
+    client_ip: str | None = None  # the client as the shield counts it (trusted X-Forwarded-For, or the peer)
     loop_ids: frozenset[str] = frozenset()  # CDN-Loop (RFC 8586) entries this request already passed
     surrogate: bool = False  # sent by a surrogate (a child edge): it gets the targeted and tag fields too
 
     @classmethod
-    def from_scope(cls, scope: Scope, settings: EdgeSettings) -> ClientRequest:
+    def from_scope(cls, scope: Scope, settings: EdgeSettings, client_ip: str | None = None) -> ClientRequest:
         headers = Headers.from_raw(scope["headers"])
         hosts = headers.get_all("host")
         if len(hosts) > 1:
@@ -98,6 +101,8 @@ class ClientRequest:
             headers=headers,
             client=client[0],
             directives=rfc.request_directives(headers),
+            path=scope["path"],
+            client_ip=client_ip,
             loop_ids=frozenset(m.split(";")[0].strip() for m in split_list(headers.get_all("cdn-loop"))),
             surrogate="surrogate-capability" in headers,
         )
@@ -134,6 +139,7 @@ class Edge:
             cache_set_cookie=settings.cache_set_cookie,
         )
         self.store = Store(settings.cache_size, settings.max_object_size)
+        self.shield = Shield(settings.shield, redis=settings.redis, prefix=settings.redis_prefix)
         self.upstream: Upstream | None = None
         self.purge_log = purge_log
         self.listener: PurgeListener | None = None
@@ -206,6 +212,7 @@ class Edge:
         if self.upstream is not None:
             await self.upstream.stop()
             self.upstream = None
+        await self.shield.close()
 
     def registry_stats(self) -> dict[str, Any]:
         """What the edge tells the registry about itself with each heartbeat."""
@@ -219,8 +226,18 @@ class Edge:
 
     # -- receive --------------------------------------------------------------
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The shield first: oversized, banned and over-limit requests cost nothing more.
+        problem = self.shield.check_size(scope)
+        if problem is not None:
+            await self.send_error(send, *problem)
+            return
+        client_ip = self.shield.client_ip(scope)
+        decision = await self.shield.admit(client_ip, scope["method"], scope["path"], scope["headers"])
+        if not decision.allowed:
+            await self.refuse(send, decision)
+            return
         try:
-            request = ClientRequest.from_scope(scope, self.settings)
+            request = ClientRequest.from_scope(scope, self.settings, client_ip)
         except BadRequest as exc:
             self.count("bad_request")
             await self.send_error(send, 400, f"bad request: {exc}")
@@ -376,6 +393,15 @@ class Edge:
     async def fetch_now(self, request: ClientRequest, send: Send, stale: Entry | None, reason: str) -> None:
         """Ask upstream (a parent, or the origin), store what may be stored, deliver."""
         assert self.upstream is not None
+        decision = await self.shield.admit(request.client_ip, request.method, request.path, request.headers,
+                                           origin_bound=True)
+        if not decision.allowed:
+            if decision.shed and stale is not None:
+                self.count("stale_origin_budget")
+                await self.deliver(request, stale, send, "hit", time.time(), detail="origin-budget", fwd="fwd=stale")
+            else:
+                await self.refuse(send, decision)
+            return
         self.count("miss" if stale is None else "revalidate")
         delay = 0.05
         deadline = time.monotonic() + self.settings.fence_wait
@@ -577,6 +603,9 @@ class Edge:
 
     async def refresh(self, request: ClientRequest, stale: Entry) -> None:
         assert self.upstream is not None
+        if not (await self.shield.admit(None, "GET", request.path, request.headers, origin_bound=True)).allowed:
+            self.count("background_refresh_over_budget")
+            return
         self.count("background_refresh")
         get = ClientRequest("GET", request.target, request.host, request.url,
                             request.headers.remove(CLIENT_CONDITIONALS), request.client, rfc.Directives({}))
@@ -611,6 +640,11 @@ class Edge:
     async def pass_(self, request: ClientRequest, receive: Receive, send: Send) -> None:
         """Methods the cache does not answer: forward, invalidate on success (RFC 9111 §4.4), deliver."""
         assert self.upstream is not None
+        decision = await self.shield.admit(request.client_ip, request.method, request.path, request.headers,
+                                           origin_bound=True)
+        if not decision.allowed:
+            await self.refuse(send, decision)
+            return
         self.count("pass")
         body = bytearray()
         while True:
@@ -618,7 +652,7 @@ class Edge:
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > self.settings.max_request_body:
+            if len(body) > self.settings.shield.sizes.max_body:
                 await self.send_error(send, 413, "request body too large")
                 return
             if not message.get("more_body", False):
@@ -707,6 +741,11 @@ class Edge:
         if condition.startswith(('"', "W/")):
             return etag is not None and not etag.startswith("W/") and condition == etag
         return condition == meta.headers.get("last-modified")
+
+    async def refuse(self, send: Send, decision: Decision) -> None:
+        """The shield's answer: 429 with Retry-After and RateLimit fields, or 503 past the origin budget."""
+        self.count(f"shield_{decision.reason}")
+        await self.send_error(send, decision.status, decision.message, extra=list(decision.headers))
 
     async def send_error(self, send: Send, status: int, message: str, fwd: str | None = None,
                          extra: list[tuple[bytes, bytes]] = ()) -> None:

@@ -47,7 +47,8 @@ def apply_purge(store: Store, purge: Purge, fence_ttl: float = 300.0) -> int:
 
 
 def record_fence(store: Store, purge: Purge, fence_ttl: float) -> None:
-    values = [url_key(v) for v in purge.values] if purge.kind in ("url", "prefix") else list(purge.values)
+    values = purge.values if purge.fenced is None else purge.fenced
+    values = [url_key(v) for v in values] if purge.kind in ("url", "prefix") else list(values)
     store.fence(purge.kind, values, purge.version or 0, purge.created_at + fence_ttl)
 
 

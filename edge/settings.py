@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from balancer import MemberSettings, PoolSettings
 from cdn.config import ServiceSettings
+from edge.shield import ShieldSettings
 
 
 class EdgeSettings(ServiceSettings):
@@ -38,7 +39,7 @@ class EdgeSettings(ServiceSettings):
     heuristic_max: float = Field(86400.0, ge=0, description="upper bound of heuristic freshness, seconds")
     connect_timeout: float = Field(3.0, gt=0, description="seconds to connect to the origin")
     origin_timeout: float = Field(30.0, gt=0, description="seconds to wait for the origin's response headers (then 504)")
-    max_request_body: int = Field(10 * 1024 * 1024, gt=0, description="largest request body forwarded (bytes); larger gets 413")
+    shield: ShieldSettings = Field(default_factory=ShieldSettings, description="rate limits, penalty box and request size limits")
     cache_set_cookie: bool = Field(False, description="store and share responses that carry Set-Cookie (RFC 9111 allows it; off by default)")
     allowed_hosts: list[str] = Field(default_factory=list, description="Host names accepted (empty: any); others get 400")
     admin_token: str | None = Field(None, description="bearer token for /_edge/ admin endpoints (unset: admin disabled)")

@@ -172,7 +172,7 @@ class Shop:
             "cache-control": self.product_cache_control,
             "etag": etag,
             "last-modified": formatdate(updated_at, usegmt=True),
-            "surrogate-key": "products",
+            "surrogate-key": "products product-lists",
             "x-served-from": served_from,
         }
         if not_modified(request.headers.get("if-none-match"), request.headers.get("if-modified-since"), etag, updated_at):

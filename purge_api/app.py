@@ -84,6 +84,7 @@ def parse_purge(payload: Any, settings: PurgeApiSettings) -> Purge:
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
         raise PayloadError("version must be a non-negative integer")
     event = None
+    fenced = None
     if kind == "event":
         event = payload.get("event")
         fields = payload.get("fields", {})
@@ -92,6 +93,8 @@ def parse_purge(payload: Any, settings: PurgeApiSettings) -> Purge:
         if not isinstance(fields, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in fields.values()):
             raise PayloadError("fields must be an object of strings and integers")
         values = event_tags(settings.events, event, fields)
+        fence_templates = settings.event_fences.get(event, settings.events[event][:1])
+        fenced = tuple(event_tags({event: fence_templates}, event, fields)) if version is not None else None
         kind = "tag"
     elif kind == "all":
         values = []
@@ -103,7 +106,7 @@ def parse_purge(payload: Any, settings: PurgeApiSettings) -> Purge:
         raise PayloadError(f"at most {settings.max_values} values in one purge (got {len(values)})")
     values = list(dict.fromkeys(_check_value(kind, v) for v in values))
     return Purge(id=new_purge_id(), kind=kind, values=tuple(values), soft=soft, created_at=time.time(),
-                 version=version, event=event)
+                 version=version, event=event, fenced=fenced)
 
 
 class PurgeService:

@@ -41,12 +41,14 @@ class Purge:
     soft: bool = False
     created_at: float = 0.0
     version: int | None = None  # a version fence: refuse to store anything older (see edge)
+    fenced: tuple[str, ...] | None = None  # the values the version applies to (None: all of them)
     event: str | None = None  # the event that caused it, for display
     seq: int = 0  # its number in the log (1, 2, ...), set by the log: a reader sees any gap
 
     def to_fields(self) -> dict[str, str]:
         data = asdict(self)
         data["values"] = list(self.values)
+        data["fenced"] = list(self.fenced) if self.fenced is not None else None
         del data["seq"]
         return {"purge": json.dumps(data, separators=(",", ":"))}
 
@@ -55,6 +57,8 @@ class Purge:
         raw = fields.get("purge") or fields.get(b"purge")
         data = json.loads(raw)
         data["values"] = tuple(data.get("values", ()))
+        if data.get("fenced") is not None:
+            data["fenced"] = tuple(data["fenced"])
         data["seq"] = int(fields.get("seq") or fields.get(b"seq") or 0)
         return cls(**data)
 

@@ -8,10 +8,11 @@ from pydantic import Field, field_validator
 
 from cdn.config import ServiceSettings
 
+# A product change purges that product and the list pages, not every product ("products").
 DEFAULT_EVENTS = {
-    "product.updated": ["product-{id}", "products"],
-    "product.deleted": ["product-{id}", "products"],
-    "catalog.reloaded": ["products"],
+    "product.updated": ["product-{id}", "product-lists"],
+    "product.deleted": ["product-{id}", "product-lists"],
+    "catalog.reloaded": ["products", "product-lists"],
 }
 
 
@@ -26,6 +27,8 @@ class PurgeApiSettings(ServiceSettings):
     read_tokens: list[str] = Field(default_factory=list, description="bearer tokens that may read purge status but not purge")
     events: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_EVENTS),
                                          description="event name -> tag templates, e.g. {\"product.updated\": [\"product-{id}\"]}")
+    event_fences: dict[str, list[str]] = Field(default_factory=dict,
+                                               description="event name -> the tag templates a purge's version fences (default: the event's first template); a version only compares within one object")
     max_values: int = Field(256, ge=1, le=10_000, description="most URLs, prefixes or tags in one purge")
     max_body: int = Field(64 * 1024, ge=1024, description="largest request body in bytes (413 beyond)")
     live_after: float = Field(5.0, gt=0, description="an edge is live while its last heartbeat is younger than this (seconds)")

@@ -204,3 +204,16 @@ def test_no_stale_response_after_acknowledged_purges_with_concurrent_readers(pro
                  if started > at and seen < version]
         assert stale == []
         assert len(reads) > 50, (statuses[:50], [e.counters for e in s.edges])
+
+
+def test_a_fence_compares_versions_of_one_object_only() -> None:
+    """A change to product 5 (version 3) must not fence product 6 (version 1) through the shared list tag."""
+    for s in shop(lag_ms=0, fence=True, edges=1):
+        with httpx.Client(timeout=10) as client:
+            for _ in range(2):
+                s.change_and_wait(client, 5)
+            response = client.get(f"{s.edge_urls[0]}/api/products/6", headers=HOST)
+            page = client.get(f"{s.edge_urls[0]}/api/products?page=1", headers=HOST)
+    assert response.status_code == 200 and response.headers["x-content-version"] == "1"
+    assert page.status_code == 200
+    assert s.edges[0].counters.get("fenced_refetch", 0) == 0

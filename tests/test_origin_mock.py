@@ -107,7 +107,7 @@ async def test_catalog_is_the_same_in_every_run(clock: FakeClock) -> None:
 async def test_product_list_is_paged_with_the_products_key(origin: httpx.AsyncClient) -> None:
     r = await origin.get("/api/products", params={"page": 2})
     assert r.status_code == 200
-    assert r.headers["surrogate-key"] == "products"
+    assert r.headers["surrogate-key"] == "products product-lists"
     assert r.headers["cache-control"] == PRODUCT_CACHE_CONTROL
     assert "etag" in r.headers and "last-modified" in r.headers
     body = r.json()
