@@ -91,11 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge", help="purge through the purge API",
                            description="Purge by URL, prefix, tag, event or everything, on every edge.")
     purge_client.add_arguments(purge)
-    demo = sub.add_parser("demo", help="run an origin and an edge locally and show a miss, then a hit",
-                          description="Start the origin mock and an edge in front of it on loopback and print how to try them.")
-    demo.add_argument("--origin-port", type=int, default=9000)
-    demo.add_argument("--edge-port", type=int, default=8080)
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    demo = sub.add_parser("demo", help="run a whole CDN locally under a realistic workload and report the offload",
+                          description="Start an origin far away, a purge API, edges in three regions and a front door "
+                                      "in this process on loopback, drive a workload through them, and report.")
+    bench = sub.add_parser("bench", help="drive the demo's workload against a running deployment and report",
+                           description="The demo's workload and report against any running deployment.")
+    from cdn import demo as demo_module
+
+    demo_module.add_arguments(demo, bench)
+    from cdn import cluster
+
+    cluster.add_arguments(sub.add_parser("cluster", help="run a topology file's services as local processes",
+                                         description="Start, stop or show a whole CDN from a topology file, "
+                                                     "each service a process on loopback."))
     return parser
 
 
@@ -110,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             from cdn import purge_client
 
             return purge_client.run(args)
-        if args.command == "demo":
-            from cdn.demo import run_demo
+        if args.command in ("demo", "bench"):
+            from cdn.demo import run_bench, run_demo
 
-            return run_demo(args)
+            return run_demo(args) if args.command == "demo" else run_bench(args)
+        if args.command == "cluster":
+            from cdn import cluster
+
+            return cluster.run(args)
         settings_ref, factory_ref, _ = SERVICES[args.command]
         settings = settings_from_args(_load(settings_ref), args)
         app = _load(factory_ref)(settings)

@@ -98,7 +98,7 @@ class WorkloadConfig:
     mix: dict[str, float] = field(default_factory=lambda: {"product": 0.50, "list": 0.08, "static": 0.40, "cart": 0.02})
     static_mix: dict[str, float] = field(default_factory=lambda: {"js": 0.25, "css": 0.25, "img": 0.50})
     change_rate: float = 0.2  # product changes per second, PATCHed at the origin
-    change_tags: tuple[str, ...] = ("product-{id}", "products")  # what a change purges when its ack is unknown
+    change_tags: tuple[str, ...] = ("product-{id}", "product-lists")  # what a change purges when its ack is unknown
     abusive: list[AbusiveClient] = field(default_factory=lambda: [AbusiveClient(60.0), AbusiveClient(60.0, cache_busting=True)])
     concurrency: int = 128  # requests in flight at most, all clients together
     connections_per_client: int = 16
@@ -194,7 +194,7 @@ def object_tags(key: str) -> frozenset[str]:
     if path.startswith("/api/products/"):
         return frozenset({"products", f"product-{path.rsplit('/', 1)[1]}"})
     if path == "/api/products":
-        return frozenset({"products"})
+        return frozenset({"products", "product-lists"})
     if path.startswith("/static/"):
         kind = next((name for name, stem, _ in STATIC_KINDS if path.startswith(f"/static/{stem}-")), "other")
         return frozenset({"static", f"static-{kind}"})
@@ -420,6 +420,7 @@ class RequestRecord:
     bytes: int
     version: int | None  # X-Content-Version of a product
     abusive: bool = False
+    target: str = ""  # as sent, cache buster included: what the cache keys on
 
 
 @dataclass
@@ -698,10 +699,13 @@ def build_report(trace: Trace, modelled_origin_ms: Mapping[str, float]) -> dict[
             tags = frozenset(t.format(id=change.product_id) for t in trace.config.change_tags)
             invalidations.append(Invalidation(change.sent, tags))
     answered = [r for r in requests if r.outcome != "refused" and r.status != 0]
-    shared, shared_reasons = ideal_origin_fetches((Lookup(r.sent, r.url_key, "shared") for r in answered),
-                                                  trace.ttls, invalidations)
-    per_edge, per_edge_reasons = ideal_origin_fetches((Lookup(r.sent, r.url_key, r.edge or "unknown") for r in answered),
-                                                      trace.ttls, invalidations)
+    # A cache keys on the URL as sent: a cache-busting query makes a new object even for an ideal
+    # cache, so the ideal is computed on that key (`target`; TTLs are the object's, by `url_key`).
+    ttls = {r.target: trace.ttls[r.url_key] for r in answered if r.target and r.url_key in trace.ttls}
+    shared, shared_reasons = ideal_origin_fetches((Lookup(r.sent, r.target or r.url_key, "shared") for r in answered),
+                                                  ttls or trace.ttls, invalidations)
+    per_edge, per_edge_reasons = ideal_origin_fetches(
+        (Lookup(r.sent, r.target or r.url_key, r.edge or "unknown") for r in answered), ttls or trace.ttls, invalidations)
     offload = 1 - origin_requests / totals["total"] if origin_requests is not None and totals["total"] else None
     best = 1 - sum(shared.values()) / totals["total"] if totals["total"] else None
     best_per_edge = 1 - sum(per_edge.values()) / totals["total"] if totals["total"] else None
@@ -935,7 +939,8 @@ class Workload:
                 response = await client.pool.request("GET", target, client.headers)
             except RequestFailed as exc:
                 self._record(RequestRecord(sent, time.perf_counter() - started, client.info.address, client.info.region,
-                                           kind, key, 0, "error", None, exc.reason, 0, None, client.info.kind != "ordinary"))
+                                           kind, key, 0, "error", None, exc.reason, 0, None, client.info.kind != "ordinary",
+                                           target))
                 return
             latency = time.perf_counter() - started
         cache_status = response.header("cache-status")
@@ -947,7 +952,7 @@ class Workload:
         self._record(RequestRecord(sent, latency, client.info.address, client.info.region, kind, key, response.status,
                                    outcome, edge, detail, len(response.body),
                                    int(version) if version and version.isdigit() else None,
-                                   client.info.kind != "ordinary"))
+                                   client.info.kind != "ordinary", target))
 
     def _record(self, record: RequestRecord) -> None:
         self.trace.requests.append(record)

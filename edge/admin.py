@@ -1,4 +1,4 @@
-"""The edge's local admin endpoints under /_edge/: health, stats and purges (bearer token)."""
+"""The edge's local admin endpoints under /_edge/: health and metrics (open), stats and purges (bearer token)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge.purge_listener import apply_purge
 from purge_api.log import Purge
@@ -42,6 +44,10 @@ def build_admin(edge: Edge) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         # in_flight lets a resource-based balancer in front of the edges steer by load.
         return JSONResponse({"status": "ok", "id": edge.id, "region": edge.settings.region, "in_flight": edge.in_flight})
+
+    async def metrics(request: Request) -> Response:
+        # No token, as scrapers expect; `metrics = false` turns the endpoint off where that is not wanted.
+        return Response(edge.metrics.render(), media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
 
     async def stats(request: Request) -> JSONResponse:
         if (denied := authorised(request)) is not None:
@@ -93,10 +99,13 @@ def build_admin(edge: Edge) -> Starlette:
             return denied
         return JSONResponse(edge.shield.snapshot())
 
-    return Starlette(routes=[
+    routes = [
         Route("/_edge/health", health),
         Route("/_edge/shield", shield),
         Route("/_edge/pool", pool),
         Route("/_edge/stats", stats),
         Route("/_edge/purge", purge, methods=["POST"]),
-    ])
+    ]
+    if edge.settings.metrics:
+        routes.append(Route("/_edge/metrics", metrics))
+    return Starlette(routes=routes)

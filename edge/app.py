@@ -13,15 +13,19 @@ was stored; policy decisions come from `edge.policy`, bytes from `edge.store`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from cdn.access_log import access_logger
 from edge import policy as rfc
 from edge.headers import (
     Directives,
@@ -33,6 +37,7 @@ from edge.headers import (
     split_list,
     surrogate_keys,
 )
+from edge.metrics import EdgeMetrics, TimedAcks
 from edge.origin import OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
@@ -54,6 +59,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since", "if-range", "range"})
 # Client fields that are the edge's own business, never forwarded.
 NOT_FORWARDED = rfc.HOP_BY_HOP | {"host", "content-length", "surrogate-capability", "cdn-loop", PURGE_POSITION}
+# Seconds the current request spent waiting for upstream response headers, for its access log line
+# (each ASGI request runs in its own task, so this is per request).
+UPSTREAM_WAIT: ContextVar[float | None] = ContextVar("upstream_wait", default=None)
 
 
 class BadRequest(Exception):
@@ -151,7 +159,10 @@ class Edge:
         self.counters: dict[str, int] = {}
         self._via = f"1.1 {settings.id}"
         self._served_by = (b"x-served-by", f"{settings.id}; region={settings.region}".encode())
-        self._strip = set(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS) if settings.strip_surrogate_headers else set()
+        # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
+        self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
+        self.metrics = EdgeMetrics(self)
+        self.access_log = access_logger() if settings.access_log else None
         from edge.admin import build_admin
 
         self.admin = build_admin(self)
@@ -162,8 +173,10 @@ class Edge:
         if kind == "http":
             if scope["path"].startswith("/_edge/"):
                 await self.admin(scope, receive, send)
-            else:
+            elif self.access_log is None:
                 await self.handle(scope, receive, send)
+            else:
+                await self.handle_logged(scope, receive, send)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
 
@@ -190,7 +203,8 @@ class Edge:
             s = self.settings
             info = EdgeInfo(id=s.id, region=s.region, address=s.advertise_url or f"http://{s.host}:{s.port}",
                             latitude=s.latitude, longitude=s.longitude)
-            self.listener = PurgeListener(self.purge_log, self.store, info, s.heartbeat_interval,
+            acks_timed = TimedAcks(self.purge_log, self.metrics.purge_lag)
+            self.listener = PurgeListener(acks_timed, self.store, info, s.heartbeat_interval,
                                           stats=self.registry_stats, count=self.count, fence_ttl=s.fence_ttl)
             self.listener.start()
 
@@ -217,12 +231,57 @@ class Edge:
     def registry_stats(self) -> dict[str, Any]:
         """What the edge tells the registry about itself with each heartbeat."""
         c = self.counters
-        return {"hits": c.get("hit", 0) + c.get("hit_stale", 0), "misses": c.get("miss", 0),
+        return {"hits": c.get("hit", 0) + c.get("stale_max_stale", 0) + c.get("stale_while_revalidate", 0),
+                "misses": c.get("miss", 0),
                 "revalidations": c.get("revalidate", 0), "passes": c.get("pass", 0),
                 "objects": len(self.store), "bytes": self.store.size}
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    async def handle_logged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`handle`, then one access log line: what was sent (status, Cache-Status, body bytes) and how long it took."""
+        assert self.access_log is not None
+        started = time.perf_counter()
+        status: int | None = None
+        cache_status: str | None = None
+        sent = 0
+
+        async def watched(message: MutableMapping[str, Any]) -> None:
+            nonlocal status, cache_status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message["headers"]:
+                    if name == b"cache-status":
+                        cache_status = value.decode("latin-1")  # ours is the last one (RFC 9211 §2)
+            else:
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        token = UPSTREAM_WAIT.set(None)
+        try:
+            await self.handle(scope, receive, watched)
+        finally:
+            upstream = UPSTREAM_WAIT.get()
+            UPSTREAM_WAIT.reset(token)
+            target = scope.get("raw_path") or scope["path"].encode("latin-1")
+            if query := scope.get("query_string"):
+                target += b"?" + query
+            host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+            self.access_log.info(json.dumps({
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "edge": self.id,
+                "region": self.settings.region,
+                "client": self.shield.client_ip(scope),
+                "method": scope["method"],
+                "host": host.decode("latin-1"),
+                "target": target.decode("latin-1"),
+                "status": status,
+                "cache": cache_status.partition("; ")[2] if cache_status else None,
+                "bytes": sent,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "origin_ms": None if upstream is None else round(upstream * 1000, 3),
+            }, separators=(",", ":")))
 
     # -- receive --------------------------------------------------------------
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -288,6 +347,7 @@ class Edge:
         only_if_cached = "only-if-cached" in request.directives
         if entry is None:
             if only_if_cached:
+                self.count("only_if_cached_miss")
                 await self.send_error(send, 504, "not in cache (only-if-cached)", "fwd=miss")
                 return
             await self.fetch(request, send, None, "vary-miss" if had_variants else "miss")
@@ -298,13 +358,14 @@ class Edge:
             self.count("hit")
             await self.deliver(request, entry, send, "hit", now)
         elif decision is rfc.Reuse.STALE_ALLOWED:
-            self.count("hit_stale")
+            self.count("stale_max_stale")
             await self.deliver(request, entry, send, "hit", now, detail="max-stale")
         elif decision is rfc.Reuse.STALE_WHILE_REVALIDATE:
-            self.count("hit_stale")
+            self.count("stale_while_revalidate")
             self.refresh_in_background(request, entry)
             await self.deliver(request, entry, send, "hit", now, detail="stale-while-revalidate")
         elif only_if_cached:
+            self.count("only_if_cached_miss")
             await self.send_error(send, 504, "stored response is stale (only-if-cached)", "fwd=stale")
         else:
             await self.fetch(request, send, entry, "stale" if not ("no-cache" in request.directives) else "request")
@@ -390,6 +451,17 @@ class Edge:
             extra.append((PURGE_POSITION, self.listener.position))
         return extra
 
+    async def open_upstream(self, method: str, target: str, headers: list[tuple[str, str]], key: str,
+                            body: bytes | None = None, parent_headers: list[tuple[str, str]] = ()) -> OriginResponse:
+        """`Upstream.open`, timed to the response headers (the upstream histogram, the access log's origin_ms)."""
+        assert self.upstream is not None
+        started = time.perf_counter()
+        response = await self.upstream.open(method, target, headers, key, body, parent_headers)
+        elapsed = time.perf_counter() - started
+        self.metrics.upstream_answered(response.served_by, elapsed)
+        UPSTREAM_WAIT.set(elapsed + (UPSTREAM_WAIT.get() or 0.0))
+        return response
+
     async def fetch_now(self, request: ClientRequest, send: Send, stale: Entry | None, reason: str) -> None:
         """Ask upstream (a parent, or the origin), store what may be stored, deliver."""
         assert self.upstream is not None
@@ -410,7 +482,7 @@ class Edge:
             request_time = time.time()
             serial = self.store.purge_serial
             try:
-                response = await self.upstream.open(request.method, request.target, headers, request.url,
+                response = await self.open_upstream(request.method, request.target, headers, request.url,
                                                     parent_headers=self.upstream_headers(request))
             except OriginError as exc:
                 await self.origin_failed(request, send, stale, exc)
@@ -540,8 +612,10 @@ class Edge:
         length = headers.get("content-length")
         remaining = int(length) if length is not None and length.isdigit() else -1
         held = b""  # the chunk that completes a declared length goes out only once the entry is stored
+        received = 0
         try:
             async for chunk in response.chunks():
+                received += len(chunk)
                 if keep:
                     buffer += chunk
                     keep = self.store.fits(len(buffer))
@@ -556,6 +630,9 @@ class Edge:
             self.count("origin_body_error")
             log.warning("origin body failed for %s: %s", request.url, exc)
             return
+        finally:
+            self.count("upstream_bytes", received)
+            self.count("served_bytes_upstream", received)
         # Stored before the response ends, so whoever sees it complete finds it in the cache.
         if keep:
             entry = self.make_entry(request, response.status, headers, bytes(buffer), request_time, response_time)
@@ -575,12 +652,14 @@ class Edge:
         except (httpx.HTTPError, OSError):
             self.count("origin_body_error")
             return None
+        finally:
+            self.count("upstream_bytes", len(buffer))
         return bytes(buffer)
 
     def deliverable(self, headers: Headers, request: ClientRequest) -> list[tuple[bytes, bytes]]:
         """An origin response's fields as sent on: end-to-end only, targeted and tag fields stripped
         (except for a child edge, which needs them to cache and tag the response itself)."""
-        kept = rfc.end_to_end(headers)
+        kept = rfc.end_to_end(headers).remove(("x-served-by",))
         return (kept if request.surrogate else kept.remove(self._strip)).raw()
 
     async def stream(self, request: ClientRequest, send: Send, response: OriginResponse, headers: Headers,
@@ -589,8 +668,14 @@ class Edge:
         out = self.deliverable(headers, request)
         out += [(b"cache-status", cache_status.encode("latin-1")), self._served_by]
         await send({"type": "http.response.start", "status": response.status, "headers": out})
-        async for chunk in response.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        received = 0
+        try:
+            async for chunk in response.chunks():
+                received += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            self.count("upstream_bytes", received)
+            self.count("served_bytes_upstream", received)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- background refresh (stale-while-revalidate) ---------------------------
@@ -612,7 +697,7 @@ class Edge:
         request_time = time.time()
         serial = self.store.purge_serial
         try:
-            response = await self.upstream.open("GET", get.target, self.forward_headers(get, stale, to_store=True),
+            response = await self.open_upstream("GET", get.target, self.forward_headers(get, stale, to_store=True),
                                                 get.url, parent_headers=self.upstream_headers(get))
         except OriginError:
             self.count("background_refresh_failed")
@@ -659,7 +744,7 @@ class Edge:
                 break
         headers = self.forward_headers(request, None, to_store=False)
         try:
-            response = await self.upstream.open(request.method, request.target, headers, request.url, bytes(body),
+            response = await self.open_upstream(request.method, request.target, headers, request.url, bytes(body),
                                                 parent_headers=self.upstream_headers(request))
         except OriginError as exc:
             await self.send_error(send, exc.status, exc.message, "fwd=method; detail=origin-error")
@@ -728,8 +813,11 @@ class Edge:
                 headers.append((b"content-range", f"bytes {first}-{last}/{len(body)}".encode()))
                 body = body[first:last + 1]
         headers.append((b"content-length", str(len(body)).encode()))
+        if request.method == "HEAD":
+            body = b""
+        self.count("served_bytes_cache", len(body))
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
-        await send({"type": "http.response.body", "body": b"" if request.method == "HEAD" else body})
+        await send({"type": "http.response.body", "body": body})
 
     @staticmethod
     def if_range_holds(request: ClientRequest, meta: Stored) -> bool:

@@ -152,6 +152,7 @@ def parse_directives(lines: Sequence[str]) -> Directives:
 
 def _capped(digits: str) -> int:
     """An ASCII digit string as an int no larger than 2^31 (int() refuses thousands of digits)."""
+    digits = digits.lstrip("0") or "0"
     return DELTA_SECONDS_MAX if len(digits) > 10 else min(int(digits), DELTA_SECONDS_MAX)
 
 
@@ -301,7 +302,8 @@ def parse_range(value: str | None, length: int) -> tuple[int, int] | str | None:
     if not dash or (first_s and not _DIGITS.match(first_s)) or (last_s and not _DIGITS.match(last_s)):
         return None
     # Positions beyond 10^18 bytes are past any stored body; clip them before int() sees thousands of digits.
-    first_s, last_s = first_s[:19] if len(first_s) <= 19 else "9" * 19, last_s[:19] if len(last_s) <= 19 else "9" * 19
+    first_s, last_s = (d.lstrip("0") or ("0" if d else "") for d in (first_s, last_s))
+    first_s, last_s = (d if len(d) <= 19 else "9" * 19 for d in (first_s, last_s))
     if not first_s:
         if not last_s:
             return None

@@ -253,7 +253,9 @@ def merge_304(stored: Headers, validation: Headers) -> Headers:
     """The stored headers freshened by a 304 (RFC 9111 §3.2, §4.3.4)."""
     updates = end_to_end(validation).remove(NOT_UPDATED_BY_304)
     # The stored Age described the first response; the validated one is as old as the 304 says.
-    names = {k for k, _ in updates.items} | {"age"}
+    # Without a Date in the 304, the stored one (perhaps the one we added) is dropped too: the
+    # caller dates the freshened response as received now (RFC 9110 §6.6.1).
+    names = {k for k, _ in updates.items} | {"age", "date"}
     return Headers([(k, v) for k, v in stored.items if k not in names] + updates.items)
 
 

@@ -45,6 +45,8 @@ class EdgeSettings(ServiceSettings):
     admin_token: str | None = Field(None, description="bearer token for /_edge/ admin endpoints (unset: admin disabled)")
     strip_surrogate_headers: bool = Field(True, description="remove CDN-Cache-Control, Surrogate-Control and tag headers before delivery")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="server log level")
+    access_log: bool = Field(True, description="one JSON line per request on stdout (logger cdn.access)")
+    metrics: bool = Field(True, description="serve Prometheus metrics at GET /_edge/metrics, without a token")
 
     @field_validator("origin")
     @classmethod

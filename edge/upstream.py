@@ -34,6 +34,7 @@ class Upstream:
         self.origins = OriginPool(origin_pool_settings(settings))
         parents = parent_pool_settings(settings)
         self.parents = OriginPool(parents) if parents else None
+        self.origin_requests = 0  # responses received from origin servers (offload accounting)
 
     async def start(self) -> None:
         await self.origins.start()
@@ -79,6 +80,8 @@ class Upstream:
                 continue
             attempt.responded(response.status)
             response.on_close = attempt.close
+            if pool is self.origins:
+                self.origin_requests += 1
             return response
         if last is not None:
             raise last

@@ -10,6 +10,7 @@ Control (neither counted nor faulted):
   GET  /healthz                    liveness and in-flight requests
   GET|POST|DELETE /_origin/stats   request accounting; POST /_origin/stats/reset too
   GET|POST|DELETE /_origin/faults  latency and faults at run time
+  GET  /_origin/metrics            the accounting in the Prometheus text format
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from typing import Any, TypeVar
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,6 +38,7 @@ from origin_mock.catalog import CATALOG_EPOCH, Catalog, Product, ProductNotFound
 from origin_mock.conditional import match, not_modified
 from origin_mock.database import Database, Replication, open_database
 from origin_mock.faults import FaultPolicy, FaultSettings
+from origin_mock.metrics import origin_registry
 from origin_mock.middleware import Accounting, FaultInjection, Sleep
 from origin_mock.purges import PurgeNotifier
 from origin_mock.settings import OriginSettings
@@ -315,6 +318,12 @@ def create_app(
     faults = FaultPolicy(fault_settings, random_source)
     shop = Shop(settings, catalog, assets, replication)
     control = Control(stats, faults, fault_settings)
+    registry = origin_registry(stats, replication)
+
+    async def metrics(request: Request) -> Response:
+        # Async, so the counters are read on the event loop that updates them.
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST, headers=NO_STORE)
+
     routes = [
         Route("/api/products", shop.products, methods=["GET"]),
         Route("/api/products/{product_id:int}", shop.product, methods=["GET", "PUT", "PATCH"]),
@@ -328,6 +337,7 @@ def create_app(
         Route("/_origin/faults", control.set_faults, methods=["POST"]),
         Route("/_origin/faults", control.restore_faults, methods=["DELETE"]),
         Route("/_origin/replication", lambda request: JSONResponse(replication_view(replication), headers=NO_STORE)),
+        Route("/_origin/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -4,6 +4,7 @@
     GET  /purges/{id}       which live edges applied it (and when), which are pending; ?wait=SECONDS
     GET  /edges             the edge registry, with liveness
     GET  /health            liveness of the service and of its log
+    GET  /metrics           Prometheus metrics (no token)
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from purge_api.log import EdgeInfo, LogUnavailable, Purge, PurgeLog, new_purge_id, open_log
+from purge_api.metrics import CountResponses, PurgeApiMetrics
 from purge_api.settings import PurgeApiSettings
 
 KINDS = ("url", "prefix", "tag", "event", "all")
@@ -51,6 +55,11 @@ def event_tags(templates: dict[str, list[str]], name: str, fields: dict[str, Any
             raise PayloadError(f"event {name!r} needs field {missing[0]!r}")
         tags.append(template.format(**{f: fields[f] for f in needed}))
     return tags
+
+
+def fully_applied(status: dict[str, Any]) -> bool:
+    """Whether a purge status says every live edge applied the purge (and its delayed repeat, if any)."""
+    return bool(status["complete"] and status.get("repurge", {"complete": True})["complete"])
 
 
 def _check_value(kind: str, value: Any) -> str:
@@ -119,6 +128,7 @@ class PurgeService:
         self.owns_log = purge_log is None
         self.repurges: dict[str, tuple[str, float]] = {}  # first purge id -> its delayed repeat's id, due time
         self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics = PurgeApiMetrics()
 
     def authorise(self, request: Request, write: bool) -> JSONResponse | None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -162,14 +172,19 @@ class PurgeService:
         return answer
 
     async def wait(self, purge_id: str, seconds: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + min(seconds, self.settings.max_wait)
+        started = time.monotonic()
+        deadline = started + min(seconds, self.settings.max_wait)
         delay = 0.002
         while True:
             answer = await self.status(purge_id)
-            if answer is None or (answer["complete"] and answer.get("repurge", {"complete": True})["complete"]):
+            if answer is None:
+                return None
+            if fully_applied(answer):
+                self.metrics.waits.labels("complete").observe(time.monotonic() - started)
                 return answer
             if time.monotonic() >= deadline:
                 answer["timed_out"] = True
+                self.metrics.waits.labels("timed_out").observe(time.monotonic() - started)
                 return answer
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -247,6 +262,10 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
         except LogUnavailable as exc:
             return error(503, "purge log unavailable: the purge was not logged; retry", detail=str(exc))
         replayed = logged.id != purge.id
+        if replayed:
+            service.metrics.replayed.inc()
+        else:
+            service.metrics.logged.labels("event" if purge.event else purge.kind, str(purge.soft).lower()).inc()
         if not replayed and settings.repurge_delay > 0:
             service.schedule_repurge(logged, settings.repurge_delay)
         answer: dict[str, Any] = {"id": logged.id, "position": position, "replayed": replayed,
@@ -272,7 +291,9 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
         except LogUnavailable as exc:
             return error(503, "purge log unavailable", detail=str(exc))
         if answer is None:
+            service.metrics.status_reads.labels("not_found").inc()
             return error(404, f"no purge {purge_id!r} (unknown, or trimmed from the log)")
+        service.metrics.status_reads.labels("complete" if fully_applied(answer) else "pending").inc()
         return JSONResponse(answer)
 
     async def edges(request: Request) -> JSONResponse:
@@ -292,6 +313,9 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
             return error(503, "purge log unavailable", detail=str(exc))
         return JSONResponse({"status": "ok"})
 
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -302,7 +326,8 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
         Route("/purges/{purge_id}", show),
         Route("/edges", edges),
         Route("/health", health),
-    ])
+        Route("/metrics", metrics),
+    ], middleware=[Middleware(CountResponses, metrics=service.metrics)])
     app.state.service = service
     return app
 

@@ -89,7 +89,7 @@ def test_cache_buster_is_left_out_of_the_url_key() -> None:
 
 def test_object_tags_mirror_the_origin_surrogate_keys() -> None:
     assert object_tags("/api/products/42") == {"products", "product-42"}
-    assert object_tags("/api/products?page=3") == {"products"}
+    assert object_tags("/api/products?page=3") == {"products", "product-lists"}
     assert object_tags("/static/img/photo-3.jpg") == {"static", "static-img"}
     assert object_tags("/api/cart") == frozenset()
 
