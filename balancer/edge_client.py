@@ -205,8 +205,8 @@ class EdgeConnection(asyncio.Protocol):
                 if self._paused and self.transport is not None:
                     self._paused = False
                     self.transport.resume_reading()
-                for piece in pieces:
-                    yield piece
+                # All that arrived since the last wake as one chunk: one write to the client, not one per read.
+                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 continue
             if self.complete:
                 return
@@ -231,6 +231,11 @@ class EdgeConnection(asyncio.Protocol):
             self.transport.close()
 
 
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
 class EdgeResponse:
     """An edge's response: status and fields now, the body to be read with `chunks()`; always `close()` it."""
 
@@ -244,13 +249,17 @@ class EdgeResponse:
         self._timeout = timeout
         self._head_only = head_only
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk (transfer coding removed); nothing for HEAD, 204 and 304."""
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived and been handed out by `chunks()`."""
         connection = self._connection
-        if connection is None or self._head_only:
-            return
-        async for piece in connection.body(self._timeout):
-            yield piece
+        return connection is not None and connection.complete and not connection.pieces
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk (transfer coding removed); nothing for HEAD, 204 and 304."""
+        if self._connection is None or self._head_only:
+            return _nothing()
+        return self._connection.body(self._timeout)
 
     async def close(self) -> None:
         """Hand the connection back for reuse when the exchange ended cleanly; else close it."""

@@ -320,16 +320,19 @@ class FrontDoor:
         out = [(k, v) for k, v in fields if k not in drop]
         out += [(b"via", self._via), (ROUTED_TO, routed_to(route, placement, self.settings.hop_overhead_ms))]
         await send({"type": "http.response.start", "status": response.status, "headers": out})
+        ended = False
         try:
             async for chunk in response.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ended = response.complete  # the last chunk also ends the body: one send fewer
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
         except EdgeError as exc:
             # Returning without finishing makes the server close the client's connection,
             # so the client sees the body cut short too rather than mistaking it for whole.
             self.count("edge_body_error")
             log.warning("edge %s body failed: %s", route.edge.id, exc.message)
             return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def no_answer(self, send: Send, tried: list[Route], last: EdgeError | None, exhausted: bool) -> None:
         """No edge answered: 503 when none was available or every one refused, else the last failure (502, 504)."""

@@ -77,7 +77,7 @@ def serve(app: Any, host: str, port: int, log_level: str = "warning", proxy: boo
     # alive for 5 s (Node's agents) would otherwise race the server closing them.
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                 date_header=not proxy, server_header=not proxy, timeout_graceful_shutdown=5,
-                timeout_keep_alive=75)
+                timeout_keep_alive=75, proxy_headers=False)  # the shield decides whose X-Forwarded-For to trust
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"cdn {args.command}: {exc}", file=sys.stderr)
         return 2
-    serve(app, settings.host, settings.port, settings.log_level, proxy=args.command == "edge")
+    serve(app, settings.host, settings.port, settings.log_level, proxy=args.command in ("edge", "router"))
     return 0
 
 

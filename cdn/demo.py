@@ -101,6 +101,7 @@ class LocalCdn:
     async def serve(self, name: str, app: Any, proxy: bool = False) -> str:
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="on",
+                                proxy_headers=False,
                                 date_header=not proxy, server_header=not proxy, timeout_keep_alive=75)
         server = _Server(config)
         task = asyncio.create_task(server.serve())

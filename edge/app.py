@@ -57,11 +57,19 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # Client fields the edge answers itself, so they are not sent on when it fetches to store.
 CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since", "if-range", "range"})
-# Client fields that are the edge's own business, never forwarded.
-NOT_FORWARDED = rfc.HOP_BY_HOP | {"host", "content-length", "surrogate-capability", "cdn-loop", PURGE_POSITION}
+# Client fields that are the edge's own business, never forwarded; and fields that could make an
+# origin shape a response the cache key does not reflect (cache poisoning): the edge sets the
+# X-Forwarded-* fields itself, and the override/rewrite fields have no place in a shared cache.
+NOT_FORWARDED = rfc.HOP_BY_HOP | {
+    "host", "content-length", "surrogate-capability", "cdn-loop", PURGE_POSITION,
+    "x-forwarded-host", "x-forwarded-proto", "x-forwarded-scheme", "x-forwarded-port", "x-forwarded-server",
+    "forwarded", "x-host", "x-original-url", "x-rewrite-url", "x-original-host",
+    "x-http-method-override", "x-http-method", "x-method-override",
+}
 # Seconds the current request spent waiting for upstream response headers, for its access log line
 # (each ASGI request runs in its own task, so this is per request).
 UPSTREAM_WAIT: ContextVar[float | None] = ContextVar("upstream_wait", default=None)
+compact_json = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps would build one per line
 
 
 class BadRequest(Exception):
@@ -84,7 +92,9 @@ class ClientRequest:
 
     @classmethod
     def from_scope(cls, scope: Scope, settings: EdgeSettings, client_ip: str | None = None) -> ClientRequest:
-        headers = Headers.from_raw(scope["headers"])
+        # Hop-by-hop fields (and those Connection names) are not the request's: they neither reach
+        # the origin nor select a Vary variant (RFC 9110 §7.6.1).
+        headers = rfc.end_to_end(Headers.from_raw(scope["headers"]))
         hosts = headers.get_all("host")
         if len(hosts) > 1:
             raise BadRequest("more than one Host header")
@@ -268,7 +278,7 @@ class Edge:
             if query := scope.get("query_string"):
                 target += b"?" + query
             host = next((value for name, value in scope["headers"] if name == b"host"), b"")
-            self.access_log.info(json.dumps({
+            self.access_log.info(compact_json({
                 "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "edge": self.id,
                 "region": self.settings.region,
@@ -281,7 +291,7 @@ class Edge:
                 "bytes": sent,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 "origin_ms": None if upstream is None else round(upstream * 1000, 3),
-            }, separators=(",", ":")))
+            }))
 
     # -- receive --------------------------------------------------------------
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -584,7 +594,10 @@ class Edge:
         meta: Stored = stale.meta
         merged = rfc.merge_304(meta.headers, validation)
         entry = self.make_entry(request, meta.status, merged, stale.body, request_time, response_time)
-        self.put(request, entry, stale, serial)
+        if rfc.uncacheable_reason("GET", meta.status, request.headers, merged, self.policy) is None:
+            self.put(request, entry, stale, serial)
+        else:  # e.g. the 304 set a cookie: this client gets it, the cache keeps nothing
+            self.store.delete(stale.key)
         await self.deliver(request, entry, send, None, response_time, fwd="fwd=stale; fwd-status=304; stored")
 
     async def stream_and_store(self, request: ClientRequest, send: Send, response: OriginResponse, headers: Headers,

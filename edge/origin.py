@@ -92,7 +92,8 @@ class HttpUpstream:
         except (httpx.InvalidURL, UnicodeEncodeError) as exc:
             raise OriginError(400, f"bad request target: {exc}") from None
         # httpx.Request, not client.build_request: the client's default headers must not be added.
-        request = httpx.Request(method, url, headers=headers, content=body)
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]  # obs-text survives (RFC 9110 §5.5)
+        request = httpx.Request(method, url, headers=raw, content=body)
         try:
             response = await self._send(request, retry=method in IDEMPOTENT_METHODS)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

@@ -262,6 +262,9 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
         except LogUnavailable as exc:
             return error(503, "purge log unavailable: the purge was not logged; retry", detail=str(exc))
         replayed = logged.id != purge.id
+        if replayed and (logged.kind, logged.values, logged.soft, logged.version) != (
+                purge.kind, purge.values, purge.soft, purge.version):
+            return error(422, "Idempotency-Key already used for a different purge", id=logged.id)
         if replayed:
             service.metrics.replayed.inc()
         else:

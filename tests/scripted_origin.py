@@ -46,8 +46,9 @@ class ScriptedOrigin:
         target = scope["path"] + (("?" + scope["query_string"].decode()) if scope["query_string"] else "")
         headers: dict[str, str] = {}
         for k, v in scope["headers"]:
-            name = k.decode().lower()
-            headers[name] = headers[name] + ", " + v.decode() if name in headers else v.decode()
+            name = k.decode("latin-1").lower()
+            value = v.decode("latin-1")  # field values may carry obs-text (RFC 9110 §5.5)
+            headers[name] = headers[name] + ", " + value if name in headers else value
         while (await receive()).get("more_body"):
             pass
         self.hits[scope["path"]] += 1

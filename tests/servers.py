@@ -41,6 +41,7 @@ class ThreadServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                proxy_headers=False,
                                 access_log=False, date_header=not proxy, server_header=not proxy)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
