@@ -89,13 +89,21 @@ def bare_asgi(port: int, origin: str, scratch: Path) -> list[str]:
 
 
 def edge(port: int, origin: str, scratch: Path) -> list[str]:
-    """The project's edge, as its CLI runs it."""
-    return [sys.executable, "-m", "cdn", "edge", "--host", HOST, "--port", str(port), "--origin", origin]
+    """The project's edge, as its CLI runs it (access log off: a benchmark measures serving, not logging)."""
+    return [sys.executable, "-m", "cdn", "edge", "--host", HOST, "--port", str(port), "--origin", origin,
+            "--no-access-log"]
+
+
+def edge_without_shield(port: int, origin: str, scratch: Path) -> list[str]:
+    """The same edge with the shield's rules and bans off: what the shield costs a hit."""
+    return [*edge(port, origin, scratch), "--shield", '{"enabled": false}']
 
 
 ORIGIN = Target("origin", bare_asgi)
 EDGE = Target("edge hit", edge, is_hit=lambda response: "hit" in cache_status_params(response))
-TARGETS = (Target("bare ASGI", bare_asgi), EDGE)  # the first is every ratio's baseline
+EDGE_NO_SHIELD = Target("edge hit, shield off", edge_without_shield,
+                        is_hit=lambda response: "hit" in cache_status_params(response))
+TARGETS = (Target("bare ASGI", bare_asgi), EDGE, EDGE_NO_SHIELD)  # the first is every ratio's baseline
 
 
 # -- servers ------------------------------------------------------------------
