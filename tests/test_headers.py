@@ -235,6 +235,7 @@ def test_delta_seconds_with_thousands_of_digits_is_capped_not_an_error():
 
 @pytest.mark.parametrize("value", ["000000000060", "0" * 5000 + "60"])
 def test_delta_seconds_leading_zeros_do_not_count_towards_the_cap(value):
+    # §1.2.2: delta-seconds is 1*DIGIT, so leading zeros are valid and change nothing
     assert delta_seconds(value) == 60
 
 
@@ -344,6 +345,7 @@ def test_parse_age_with_thousands_of_digits_is_capped_not_an_error():
 
 
 def test_parse_age_leading_zeros_do_not_count_towards_the_cap():
+    # §5.1: Age is delta-seconds
     assert parse_age(["000000000005"]) == 5.0
 
 
@@ -516,6 +518,7 @@ def test_parse_range_with_huge_positions(value, expected):
     ],
 )
 def test_parse_range_leading_zeros_keep_the_position(value, expected):
+    # RFC 9110 §14.1.1: first-pos and last-pos are 1*DIGIT
     assert parse_range(value, 1000) == expected
 
 

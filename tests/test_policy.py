@@ -650,6 +650,7 @@ def test_merge_304_freshened_response_does_not_inherit_the_old_age():
 
 
 def test_merge_304_without_date_does_not_keep_the_first_responses_date():
+    # The stored Date may be the one the edge added (RFC 9110 §6.6.1); kept, it would age the freshened response
     stored = fields("Cache-Control: max-age=120", f"Date: {date(T - 1000)}")
     merged = merge_304(stored, fields("Cache-Control: max-age=120"))
     assert assess(200, merged, T, T, POLICY).initial_age == 0.0
