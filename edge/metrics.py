@@ -168,6 +168,7 @@ class EdgeCollector(Collector):
         yield gauge("cdn_edge_store_objects", "Entries in the store", len(store))
         yield gauge("cdn_edge_store_bytes", "Bytes accounted to stored entries", store.size)
         yield gauge("cdn_edge_store_capacity_bytes", "Store capacity in bytes", store.capacity)
+        yield gauge("cdn_edge_store_tags", "Surrogate keys (tags) indexed", store.tag_count())
         yield counter("cdn_edge_store_evictions_total", "Entries evicted to make room", store.evictions)
         yield gauge("cdn_edge_in_flight", "Client requests being answered", edge.in_flight)
         yield from pool_families(edge, base)

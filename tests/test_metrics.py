@@ -83,8 +83,8 @@ def site() -> Iterator[Site]:
             yield Site(origin, purge_log, edge, edge_server.url, api_server.url)
 
 
-def cacheable(site: Site, path: str, cache_control: str = "max-age=60", **extra: str) -> None:
-    site.origin.route(path, Answer(headers=[("cache-control", cache_control), *extra.items()], body=BODY))
+def cacheable(site: Site, path: str, cache_control: str = "max-age=60") -> None:
+    site.origin.route(path, Answer(headers=[("cache-control", cache_control)], body=BODY))
 
 
 # -- edge ---------------------------------------------------------------------
@@ -121,12 +121,15 @@ def test_a_hit_counts_a_hit_and_cache_bytes_but_no_upstream_fetch(site: Site) ->
 
 def test_store_gauges_match_the_store(site: Site) -> None:
     for i in range(3):
-        cacheable(site, f"/gauge-{i}")
+        site.origin.route(f"/gauge-{i}", Answer(headers=[("cache-control", "max-age=60"), ("surrogate-key", f"gauges g{i}")],
+                                                body=BODY))
         site.get(f"/gauge-{i}")
     samples = site.metrics()
+    assert value(samples, "cdn_edge_store_tags") >= 4
     assert value(samples, "cdn_edge_store_objects") == len(site.edge.store)
     assert value(samples, "cdn_edge_store_bytes") == site.edge.store.size
     assert value(samples, "cdn_edge_store_capacity_bytes") == site.edge.settings.cache_size
+    assert value(samples, "cdn_edge_store_tags") == site.edge.store.tag_count()
 
 
 def test_a_purge_from_the_log_counts_as_applied_with_its_lag(site: Site) -> None:
