@@ -30,6 +30,7 @@ from balancer.pool import Failure
 from balancer.router_metrics import router_registry
 from balancer.router_settings import RouterSettings
 from balancer.settings import HealthCheckSettings
+from cdn.asgi import run_lifespan
 from edge.origin import IDEMPOTENT_METHODS
 from edge.policy import HOP_BY_HOP
 from purge_api.log import PurgeLog, RedisPurgeLog
@@ -149,15 +150,7 @@ class FrontDoor:
             await self.lifespan(receive, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await run_lifespan(receive, send, self.start, self.stop)
 
     async def start(self) -> None:
         """Open the edge client, learn the edges (configured, then registered) and start health checks."""

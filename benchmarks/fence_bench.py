@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import uvicorn
 
+from cdn.demo import QuietServer, free_port
 from edge.app import create_app as create_edge
 from edge.settings import EdgeSettings
 from origin_mock.app import create_app as create_origin
@@ -36,25 +36,13 @@ LAGS_MS = (0, 100, 300, 1000)
 MODES = ("none", "fence", "repurge")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
-
-
 @contextlib.asynccontextmanager
 async def serving(apps: list[tuple[object, int, bool]]) -> AsyncIterator[None]:
     servers = []
     for app, port, proxy in apps:
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on",
                                 date_header=not proxy, server_header=not proxy)
-        server = _Server(config)
+        server = QuietServer(config)
         servers.append((server, asyncio.create_task(server.serve())))
         while not server.started:
             await asyncio.sleep(0.01)

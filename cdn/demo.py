@@ -66,8 +66,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the demo (several share one loop)."""
+class QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its caller (several share one loop)."""
 
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def]
@@ -87,7 +87,7 @@ class LocalCdn:
     urls: dict[str, str] = field(default_factory=dict)
     edges: list[Any] = field(default_factory=list)
     origin_app: Any = None
-    _servers: list[tuple[_Server, asyncio.Task[None]]] = field(default_factory=list)
+    _servers: list[tuple[QuietServer, asyncio.Task[None]]] = field(default_factory=list)
 
     def origin_distance_km(self) -> float:
         """The origin's distance as the edges see it: the mean over the edge regions."""
@@ -103,7 +103,7 @@ class LocalCdn:
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="on",
                                 proxy_headers=False,
                                 date_header=not proxy, server_header=not proxy, timeout_keep_alive=75)
-        server = _Server(config)
+        server = QuietServer(config)
         task = asyncio.create_task(server.serve())
         self._servers.append((server, task))
         while not server.started:
@@ -136,7 +136,7 @@ class LocalCdn:
         origin_url = await self.serve("origin", self.origin_app)
         api = create_purge_api(PurgeApiSettings(port=api_port, token=TOKEN, redis=self.redis, live_after=3), purge_log=log)
         config = uvicorn.Config(api, host="127.0.0.1", port=api_port, log_level="error", lifespan="on")
-        server = _Server(config)
+        server = QuietServer(config)
         self._servers.append((server, asyncio.create_task(server.serve())))
         while not server.started:
             await asyncio.sleep(0.01)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from cdn.access_log import access_logger
+from cdn.asgi import run_lifespan
 from edge import policy as rfc
 from edge.headers import (
     Directives,
@@ -191,15 +192,7 @@ class Edge:
             await self.lifespan(receive, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await run_lifespan(receive, send, self.start, self.stop)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()  # the loop serving this edge (tests drive it from threads)
