@@ -404,6 +404,11 @@ def test_surrogate_keys(surrogate_key, cache_tag, tags):
     assert surrogate_keys(surrogate_key, cache_tag) == frozenset(tags)
 
 
+def test_surrogate_keys_without_tags_share_one_empty_set():
+    # every stored entry keeps its tag set, so the common empty one is shared
+    assert surrogate_keys([], []) is surrogate_keys(["\x00"], []) is surrogate_keys([""], [","])
+
+
 # -- entity tags (RFC 9110 §8.8.3, §13.1.2) --------------------------------------
 
 @pytest.mark.parametrize(
@@ -418,6 +423,7 @@ def test_surrogate_keys(surrogate_key, cache_tag, tags):
         ('*, "a"', ["*", '"a"']),  # not a lone "*"
         ('"a", junk, "b"', ['"a"', "junk", '"b"']),  # a malformed member matches nothing but ends at its comma
         (' "a" ,, W/"b" ', ['"a"', 'W/"b"']),
+        (',,"a"', ['"a"']),  # empty members are not tags
     ],
 )
 def test_parse_entity_tags(value, tags):

@@ -415,6 +415,8 @@ def test_assess_combines_lifetime_age_and_time():
                      {"stale_while_revalidate": 30.0, "stale_if_error": 300.0}, id="rfc5861"),
         pytest.param(["Cache-Control: stale-while-revalidate=abc, stale-if-error=-1"], {}, id="rfc5861-invalid"),
         pytest.param(["Cache-Control: stale-while-revalidate, stale-if-error=0"], {}, id="rfc5861-empty-or-zero"),
+        pytest.param(["Cache-Control: stale-while-revalidate=1, stale-if-error=1"],
+                     {"stale_while_revalidate": 1.0, "stale_if_error": 1.0}, id="rfc5861-one-second"),
         pytest.param(["Surrogate-Control: max-age=1, stale-while-revalidate=30;edge"],
                      {"stale_while_revalidate": 30.0}, id="rfc5861-in-surrogate-control"),
     ],
@@ -483,6 +485,8 @@ def fresh_for(lifetime: float, **flags) -> Freshness:
         pytest.param(fresh_for(60), "min-fresh=50", T + 10, False, Reuse.FRESH, id="min-fresh-equal"),
         pytest.param(fresh_for(60), "min-fresh=51", T + 10, False, Reuse.VALIDATE, id="min-fresh-not-met"),
         pytest.param(fresh_for(60), "min-fresh=abc", T + 10, False, Reuse.FRESH, id="min-fresh-invalid-ignored"),
+        pytest.param(fresh_for(60), "min-fresh=abc, max-stale", T + 70, False, Reuse.STALE_ALLOWED,
+                     id="min-fresh-invalid-ignored-when-stale"),
         pytest.param(fresh_for(60), "min-fresh=0, max-stale", T + 70, False, Reuse.VALIDATE,
                      id="min-fresh-beats-max-stale"),
         # §5.2.1.2 max-stale
@@ -506,6 +510,8 @@ def fresh_for(lifetime: float, **flags) -> Freshness:
         pytest.param(fresh_for(60, stale_while_revalidate=30), "", T + 91, False, Reuse.VALIDATE,
                      id="swr-exceeded"),
         pytest.param(fresh_for(60), "", T + 60, False, Reuse.VALIDATE, id="no-swr-at-lifetime"),
+        pytest.param(fresh_for(60, stale_while_revalidate=1), "", T + 61, False, Reuse.STALE_WHILE_REVALIDATE,
+                     id="swr-one-second"),
         pytest.param(fresh_for(60, stale_while_revalidate=30), "max-stale=5", T + 80, False,
                      Reuse.STALE_WHILE_REVALIDATE, id="swr-beyond-max-stale"),
         pytest.param(fresh_for(60, stale_while_revalidate=30), "max-stale", T + 80, False, Reuse.STALE_ALLOWED,
@@ -517,6 +523,8 @@ def fresh_for(lifetime: float, **flags) -> Freshness:
         pytest.param(fresh_for(60, stale_while_revalidate=30), "", T + 100, True, Reuse.VALIDATE,
                      id="soft-purged-swr-exceeded"),
         pytest.param(fresh_for(60), "max-stale=0", T + 1, True, Reuse.STALE_ALLOWED, id="soft-purged-max-stale"),
+        pytest.param(fresh_for(60), "max-stale=0", T + 59.5, True, Reuse.STALE_ALLOWED,
+                     id="soft-purged-max-stale-half-a-second-left"),
         pytest.param(fresh_for(60, must_revalidate=True, stale_while_revalidate=30), "max-stale", T + 1, True,
                      Reuse.VALIDATE, id="soft-purged-must-revalidate"),
     ],
@@ -547,6 +555,7 @@ def test_assessed_response_reuse_end_to_end():
         pytest.param(fresh_for(60, stale_if_error=300), "", T + 361, False, id="window-exceeded"),
         pytest.param(fresh_for(60, stale_if_error=300), "", T + 10, True, id="still-fresh"),
         pytest.param(fresh_for(60), "", T + 61, False, id="no-window"),
+        pytest.param(fresh_for(60, stale_if_error=1), "", T + 61, True, id="one-second-window"),
         pytest.param(fresh_for(60), "", T + 10, False, id="fresh-but-no-window"),
         pytest.param(fresh_for(60), "stale-if-error=100", T + 160, True, id="request-window"),
         pytest.param(fresh_for(60), "stale-if-error=100", T + 161, False, id="request-window-exceeded"),
@@ -623,7 +632,12 @@ def test_merge_304_does_not_update_fields_describing_the_stored_body(name, value
     assert merged.get_all(name) == ["stored"]
 
 
-@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+# RFC 9110 §7.6.1 (Connection and the fields it governs), §11.7 (proxy authentication: next hop only)
+HOP_BY_HOP_NAMES = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+                    "proxy-authenticate", "proxy-authorization", "proxy-authentication-info"]
+
+
+@pytest.mark.parametrize("name", HOP_BY_HOP_NAMES)
 def test_merge_304_never_stores_hop_by_hop_fields(name):
     merged = merge_304(STORED, fields(f"{name}: x", "X-New: n"))
     assert name not in merged
@@ -687,6 +701,7 @@ LAST_MODIFIED = T - 1000
         pytest.param(['If-None-Match: "v2"'], ['ETag: "v1"'], False, id="inm-mismatch"),
         pytest.param(['If-None-Match: "v0", "v1"'], ['ETag: "v1"'], True, id="inm-list"),
         pytest.param(['If-None-Match: "v0"', 'If-None-Match: "v1"'], ['ETag: "v1"'], True, id="inm-lines"),
+        pytest.param(['If-None-Match: "v1"', 'If-None-Match: "v0"'], ['ETag: "v1"'], True, id="inm-lines-first"),
         # §13.1.2: If-None-Match uses weak comparison
         pytest.param(['If-None-Match: W/"v1"'], ['ETag: "v1"'], True, id="inm-weak-request"),
         pytest.param(['If-None-Match: "v1"'], ['ETag: W/"v1"'], True, id="inm-weak-stored"),
@@ -739,6 +754,7 @@ def test_not_modified_with_backslash_in_an_earlier_entity_tag():
 def test_not_modified_responses_carry_the_fields_rfc_9110_requires():
     # RFC 9110 §15.4.5
     assert {"cache-control", "content-location", "date", "etag", "expires", "vary"} <= NOT_MODIFIED_FIELDS
+    assert "last-modified" in NOT_MODIFIED_FIELDS  # allowed: it guides cache updates
     assert "content-length" not in NOT_MODIFIED_FIELDS
 
 
@@ -794,8 +810,7 @@ def test_stored_fields_to_drop(response, dropped):
 
 
 def test_hop_by_hop_fields_are_the_rfc_9110_ones():
-    assert {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"} <= (
-        HOP_BY_HOP)
+    assert HOP_BY_HOP == frozenset(HOP_BY_HOP_NAMES)
 
 
 def test_connection_listed_names_are_lowercase():
