@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 
 from balancer.geo import REGIONS, great_circle_km, rtt_ms
+from cdn.http_server import ClientLimits, protocol_class
 
 TOKEN = "demo-token"
 DEFAULT_REGIONS = ("eu-west", "us-east", "ap-northeast")
@@ -101,8 +102,8 @@ class LocalCdn:
     async def serve(self, name: str, app: Any, proxy: bool = False) -> str:
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False, lifespan="on",
-                                proxy_headers=False,
-                                date_header=not proxy, server_header=not proxy, timeout_keep_alive=75)
+                                proxy_headers=False, http=protocol_class(ClientLimits()),
+                                ws="none", date_header=not proxy, server_header=not proxy, timeout_keep_alive=75)
         server = QuietServer(config)
         task = asyncio.create_task(server.serve())
         self._servers.append((server, task))
@@ -135,7 +136,8 @@ class LocalCdn:
             purge_api=api_url, purge_token=TOKEN))
         origin_url = await self.serve("origin", self.origin_app)
         api = create_purge_api(PurgeApiSettings(port=api_port, token=TOKEN, redis=self.redis, live_after=3), purge_log=log)
-        config = uvicorn.Config(api, host="127.0.0.1", port=api_port, log_level="error", lifespan="on")
+        config = uvicorn.Config(api, host="127.0.0.1", port=api_port, log_level="error", lifespan="on",
+                                http=protocol_class(ClientLimits()), ws="none")
         server = QuietServer(config)
         self._servers.append((server, asyncio.create_task(server.serve())))
         while not server.started:

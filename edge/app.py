@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -45,6 +45,7 @@ from edge.settings import EdgeSettings
 from edge.shield import Decision, Shield
 from edge.store import Entry, Store
 from edge.upstream import Upstream
+from edge.uri import normalise_path
 from purge_api.log import EdgeInfo, PurgeLog, open_log
 
 log = logging.getLogger("cdn.edge")
@@ -71,6 +72,12 @@ NOT_FORWARDED = rfc.HOP_BY_HOP | {
 # (each ASGI request runs in its own task, so this is per request).
 UPSTREAM_WAIT: ContextVar[float | None] = ContextVar("upstream_wait", default=None)
 compact_json = json.JSONEncoder(separators=(",", ":")).encode  # built once: json.dumps would build one per line
+
+
+# Methods the edge answers 405 without asking the origin: it is no tunnel (RFC 9110 §9.3.6), and a TRACE
+# would echo the fields it adds, or a client's credentials, back through a shared cache (§9.3.8).
+NOT_FORWARDED_METHODS = frozenset({"CONNECT", "TRACE"})
+ALLOWED_METHODS = (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 
 
 class BadRequest(Exception):
@@ -108,6 +115,10 @@ class ClientRequest:
         target = path.decode("latin-1")
         if not target.startswith("/"):
             raise BadRequest("request target must be a path")
+        decoded = scope["path"]
+        normal = normalise_path(target)  # keyed and forwarded in normal form: the origin serves /b for /a/../b
+        if normal is not target:
+            target, decoded = normal, unquote(normal)
         query = scope.get("query_string", b"")
         if query:
             target += "?" + query.decode("latin-1")
@@ -120,7 +131,7 @@ class ClientRequest:
             headers=headers,
             client=client[0],
             directives=rfc.request_directives(headers),
-            path=scope["path"],
+            path=decoded,
             client_ip=client_ip,
             loop_ids=frozenset(m.split(";")[0].strip() for m in split_list(headers.get_all("cdn-loop"))),
             surrogate="surrogate-capability" in headers,
@@ -297,6 +308,10 @@ class Edge:
         decision = await self.shield.admit(client_ip, scope["method"], scope["path"], scope["headers"])
         if not decision.allowed:
             await self.refuse(send, decision)
+            return
+        if scope["method"] in NOT_FORWARDED_METHODS:
+            self.count("method_not_allowed")
+            await self.send_error(send, 405, f"{scope['method']} is not served here", extra=[ALLOWED_METHODS])
             return
         try:
             request = ClientRequest.from_scope(scope, self.settings, client_ip)
@@ -775,7 +790,7 @@ class Edge:
             if parts.netloc and parts.netloc.lower() != request.host:
                 continue
             path = parts.path if parts.path.startswith("/") else request.target.rsplit("/", 1)[0] + "/" + parts.path
-            self.store.purge_url(request.host + path + (f"?{parts.query}" if parts.query else ""))
+            self.store.purge_url(request.host + normalise_path(path) + (f"?{parts.query}" if parts.query else ""))
 
     # -- deliver --------------------------------------------------------------
     async def deliver(self, request: ClientRequest, entry: Entry, send: Send, hit: str | None, now: float,

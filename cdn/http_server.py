@@ -1,0 +1,331 @@
+"""The HTTP/1.1 server under every service: uvicorn's httptools protocol with the limits it lacks, and logging
+that never blocks the event loop.
+
+uvicorn (0.54) has no deadline before or within a request (its keep-alive timeout only runs after a
+response), buffers a request head of any size before the application sees it, accepts HTTP/0.9-form
+and `HTTP/2.0` request lines, and appends chunked trailer fields to the request's header fields.
+`HttpProtocol` adds, per connection:
+
+    request head    -> whole within `header_timeout` (else 408, or a quiet close if nothing came),
+                       at most `MAX_HEAD_BYTES` (else 431), target at most `MAX_TARGET_BYTES` (else 414),
+                       HTTP/1.0 or HTTP/1.1 (else 400)
+    request body    -> no pause longer than `body_timeout` while the server is reading it (else 408)
+    trailer fields  -> dropped, never merged into the header fields (RFC 9110 §6.5.1)
+    Upgrade         -> not performed: the request is served as plain HTTP and the connection closed after it
+                       (with a body, which the parser would take for the next request: 400)
+
+`queued_log_config` is uvicorn's logging configuration with every handler writing from a thread of
+its own through a bounded queue, so a stderr nobody reads (a pipe, a stalled log shipper) costs
+dropped lines, never a stalled event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import logging.handlers
+import queue
+import sys
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import httptools
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+MAX_TARGET_BYTES = 65535  # the longest target httptools.parse_url takes: longer ones get 414, not its 400
+MAX_HEAD_BYTES = 128 * 1024  # far above the edge's shield limits (8 KiB target, 32 KiB fields), which answer first
+LOG_BACKLOG = 1000  # log records waiting to be written before new ones are dropped
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """How long a client may take to send its request."""
+
+    header_timeout: float = 15.0  # seconds from the request's first byte (or the connection) to its blank line
+    body_timeout: float = 60.0  # seconds a body may pause while the server waits for it
+
+    @classmethod
+    def of(cls, settings: object | None) -> ClientLimits:
+        """The limits a service's settings set (`client_header_timeout`, `client_body_timeout`); defaults otherwise."""
+        return cls(header_timeout=getattr(settings, "client_header_timeout", cls.header_timeout),
+                   body_timeout=getattr(settings, "client_body_timeout", cls.body_timeout))
+
+
+# What the connection is reading (module constants rather than an Enum: checked several times per request).
+IDLE = 0  # between requests: no byte of the next one yet (uvicorn's keep-alive timeout applies)
+HEAD = 1
+BODY = 2
+
+
+class Refused(Exception):
+    """Raised from `on_headers_complete` to stop the parser; the protocol answers `status` and closes."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines, head size limits, strict versions and trailers dropped.
+
+    A request whose head arrives in one read arms no timer: the head deadline is set only when a read
+    ends inside a head, the body deadline only when one ends inside a body."""
+
+    limits = ClientLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reading = IDLE
+        self.head_bytes = 0  # bytes of the current head past the read it began in
+        self.after_body = 0  # bytes read in the body phase since the last body bytes: chunk framing, trailers
+        self.body_moved = False
+        self.body_activity = 0.0  # loop time the body phase last received bytes
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.refusal: Refused | None = None
+
+    # -- connection ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A client that connects and sends nothing has as long as one that sends half a head.
+        self.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_timers()
+        super().connection_lost(exc)
+
+    def cancel_timers(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        before = self.reading
+        self.body_moved = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrades are not performed (no WebSocket protocol is configured): the request is answered
+            # as plain HTTP, and the connection closes after it (see `on_headers_complete`).
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            return
+        except httptools.HttpParserError:
+            refusal, self.refusal = self.refusal, None
+            if refusal is None:
+                self.logger.warning("Invalid HTTP request received.")
+                refusal = Refused(400, "Invalid HTTP request received.")
+            self.refuse(refusal.status, refusal.message)
+            return
+        reading = self.reading
+        if reading == HEAD:
+            if len(self.url) > MAX_TARGET_BYTES:
+                self.refuse(414, f"request target longer than {MAX_TARGET_BYTES} bytes")
+                return
+            if before == HEAD:  # the read a head began in is not counted: it may overrun by one read
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD_BYTES:
+                    self.refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+                    return
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_timed_out)
+        elif reading == BODY:
+            self.body_activity = self.loop.time()
+            if before == BODY:
+                # Bytes that carry no body: chunk framing and trailer fields, which the parser buffers.
+                self.after_body = 0 if self.body_moved else self.after_body + len(data)
+                if self.after_body > MAX_HEAD_BYTES:
+                    self.refuse(431, f"trailer section larger than {MAX_HEAD_BYTES} bytes")
+                    return
+            if self.body_timer is None:
+                self.body_timer = self.loop.call_later(self.limits.body_timeout, self.body_timed_out)
+        elif self.head_timer is None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+            # Only empty lines came (RFC 9112 §2.2 lets them precede a request): they buy no more time.
+            self.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_timed_out)
+
+    # -- parser callbacks ------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.reading = HEAD
+        self.head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        if len(self.url) > MAX_TARGET_BYTES:
+            self.refusal = Refused(414, f"request target longer than {MAX_TARGET_BYTES} bytes")
+            raise self.refusal
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            # HTTP/0.9-form request lines (no version) and HTTP/2.0 in an HTTP/1 request line (RFC 9112 §2.3, §3)
+            self.refusal = Refused(400, f"HTTP/{version} requests are not served")
+            raise self.refusal
+        upgrade = self.parser.should_upgrade()
+        if upgrade and self._should_upgrade():
+            super().on_headers_complete()  # a WebSocket protocol is configured: uvicorn hands the connection over
+            return
+        if upgrade and any(name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+                           for name, value in self.headers):
+            # The parser does not read the body of a request asking for an upgrade or a tunnel
+            # (Connection: upgrade, CONNECT): its bytes would be taken for the next request.
+            self.refusal = Refused(400, "a request asking for an upgrade or a tunnel may not carry a body")
+            raise self.refusal
+        super().on_headers_complete()
+        self.reading = BODY
+        self.after_body = 0
+        # Trailer fields arrive through `on_header` too, which appends to `self.headers`: that list is the
+        # scope's, so from here on it gets one of its own and they are dropped (RFC 9110 §6.5.1: never merged).
+        self.headers = []
+        if upgrade:
+            self.cycle.keep_alive = False  # bytes after an upgrade request are never parsed: close after the answer
+
+    def on_body(self, body: bytes) -> None:
+        self.body_moved = True
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.reading = IDLE
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+        super().on_message_complete()
+
+    # -- deadlines -------------------------------------------------------------
+    def answering(self) -> bool:
+        """A response to an earlier request is still being produced or written."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing() or self.reading == BODY:
+            return
+        if self.answering():  # the client is waiting for us, not we for it: start its time again
+            self.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_timed_out)
+        elif self.reading == IDLE:
+            self.transport.close()  # nothing of a request came: close quietly, as after an idle keep-alive
+        else:
+            self.refuse(408, f"request head not received within {self.limits.header_timeout:g} s")
+
+    def body_timed_out(self) -> None:
+        self.body_timer = None
+        if self.transport.is_closing() or self.reading != BODY:
+            return
+        idle = self.loop.time() - self.body_activity
+        ours = self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue)
+        if ours or idle < self.limits.body_timeout:
+            # Ours: reading is paused (the application has not taken what it has, or answers a pipelined
+            # request first), or the client waits for our 100 Continue; either way the client cannot send.
+            wait = self.limits.body_timeout - (0 if ours else idle)
+            self.body_timer = self.loop.call_later(wait, self.body_timed_out)
+            return
+        self.refuse(408, f"request body paused for more than {self.limits.body_timeout:g} s")
+
+    # -- refusing --------------------------------------------------------------
+    def refuse(self, status: int, message: str) -> None:
+        """Answer `status` with `message` and close; when the answer cannot be sent any more, just close."""
+        self.cancel_timers()
+        cycle = self.cycle
+        reading_request = self.reading == BODY and cycle is not None and not self.pipeline
+        if reading_request:
+            # The application may be waiting for the body: it gets http.disconnect and sends nothing.
+            can_answer = not cycle.response_started
+            cycle.disconnected = True
+            cycle.message_event.set()
+        else:
+            can_answer = not self.answering()
+        if can_answer and not self.transport.is_closing():
+            body = message.encode("ascii", "replace")
+            content = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                content.extend([name, b": ", value, b"\r\n"])
+            content.extend([b"content-type: text/plain; charset=utf-8\r\n",
+                            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                            b"connection: close\r\n\r\n", body])
+            self.transport.write(b"".join(content))
+        self.transport.close()
+
+
+def protocol_class(limits: ClientLimits) -> type[HttpProtocol]:
+    """`HttpProtocol` with `limits`, for uvicorn's `http=` (it makes one instance per connection)."""
+    return type("HttpProtocol", (HttpProtocol,), {"limits": limits})
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+class _LineWriter:
+    """Where the writer thread puts each (already formatted) record: a line on `stream`.
+
+    Not a logging.Handler, so logging's shutdown never waits for its lock while a write is stuck."""
+
+    level = logging.NOTSET
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def handle(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(record.getMessage() + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: the line is lost
+            pass
+
+
+_queued_handlers: weakref.WeakSet[QueuedStreamHandler] = weakref.WeakSet()
+
+
+class QueuedStreamHandler(logging.handlers.QueueHandler):
+    """Formats on the caller's thread and writes to `stream` from a thread of its own.
+
+    The queue holds at most `backlog` records; while it is full, new ones are dropped and counted
+    in `dropped`, so logging from the event loop never waits for the stream."""
+
+    def __init__(self, stream: TextIO | None = None, backlog: int = LOG_BACKLOG) -> None:
+        super().__init__(queue.Queue(backlog))
+        self.dropped = 0
+        self.listener = logging.handlers.QueueListener(self.queue, _LineWriter(stream or sys.stderr))
+        self.listener.start()  # a daemon thread: never joined, so a stuck stream cannot hold up exit
+        _queued_handlers.add(self)
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Wait until the queued records are written, at most a second (the stream may be stuck); run at exit."""
+        deadline = time.monotonic() + 1.0
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.005)
+
+
+def dropped_log_records() -> int:
+    """Log records this process dropped because their stream could not keep up."""
+    return sum(h.dropped for h in list(_queued_handlers))
+
+
+def queued_log_config(level: str = "warning") -> dict[str, Any]:
+    """uvicorn's logging configuration with each handler a `QueuedStreamHandler`, and the root logger
+    (the services' own loggers, e.g. `cdn.edge`) on one too, at `level`, instead of Python's
+    last-resort handler, which writes to stderr synchronously."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler["()"] = QueuedStreamHandler
+        del handler["class"]
+    config["formatters"]["service"] = {"()": "uvicorn.logging.DefaultFormatter",
+                                       "fmt": "%(levelprefix)s %(name)s: %(message)s", "use_colors": None}
+    config["handlers"]["service"] = {"()": QueuedStreamHandler, "formatter": "service", "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["service"], "level": level.upper()}
+    return config
+

@@ -1,0 +1,285 @@
+"""The HTTP server under every service (`cdn.http_server`): client deadlines, head limits, strict versions,
+trailers and upgrades, on a real uvicorn over loopback; and logging that never blocks its caller."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from cdn.http_server import (
+    MAX_HEAD_BYTES,
+    ClientLimits,
+    QueuedStreamHandler,
+    dropped_log_records,
+    protocol_class,
+    queued_log_config,
+)
+from tests.raw_http import exchange, request, stream_until_answered
+from tests.servers import free_port
+
+SHORT = 0.3  # seconds: the client deadlines of the server under test
+WAIT = 10.0  # generous bound on any wait for the server
+
+
+class Recorder:
+    """An app that reads the whole body, then answers 200 with `ok` + the body, after `delay` seconds."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.seen: list[tuple[dict[str, Any], bytes, list[str]]] = []  # scope, body, receive message types
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(self.delay)
+        body, kinds = b"", []
+        while True:
+            message = await receive()
+            kinds.append(message["type"])
+            if message["type"] == "http.disconnect":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.seen.append((scope, body, kinds))
+        if kinds[-1] == "http.disconnect":
+            return
+        answer = b"ok" + body
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+
+@contextlib.contextmanager
+def serving(app: Any, header_timeout: float = SHORT, body_timeout: float = SHORT) -> Iterator[int]:
+    """`app` on uvicorn with `HttpProtocol` in a background thread; its port."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off", access_log=False,
+                            http=protocol_class(ClientLimits(header_timeout, body_timeout)), ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=WAIT)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (at most WAIT seconds)."""
+    sock.settimeout(WAIT)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_a_client_that_sends_nothing_is_closed_quietly() -> None:
+    with serving(Recorder()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        assert read_until_closed(sock) == b""  # nothing of a request came: nothing to answer
+
+
+def test_half_a_head_gets_408_and_the_connection_closed() -> None:
+    app = Recorder()
+    with serving(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    assert app.seen == []
+
+
+def test_a_head_sent_a_byte_at_a_time_still_has_one_deadline() -> None:
+    with serving(Recorder()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        deadline = time.monotonic() + WAIT
+        with contextlib.suppress(OSError):
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\n" * 100:
+                sock.sendall(bytes([byte]))
+                time.sleep(SHORT / 10)
+                assert time.monotonic() < deadline, "still reading the head"
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_stalled_body_gets_408_and_the_app_a_disconnect() -> None:
+    app = Recorder()
+    with serving(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    deadline = time.monotonic() + WAIT
+    while not app.seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert app.seen[0][2][-1] == "http.disconnect"
+
+
+def test_a_body_that_keeps_coming_is_not_cut_off() -> None:
+    app = Recorder()
+    with serving(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        for byte in b"01234567":  # 8 pauses, each shorter than the body timeout: longer than it in all
+            time.sleep(SHORT / 2)
+            sock.sendall(bytes([byte]))
+        sock.settimeout(WAIT)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert app.seen[0][1] == b"01234567"
+
+
+def test_an_idle_keep_alive_connection_is_left_to_the_keep_alive_timeout() -> None:
+    with serving(Recorder()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(WAIT)
+        sock.sendall(request(target="/first", host="x"))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        time.sleep(SHORT * 3)  # idle between requests: not a slow request head
+        sock.sendall(request(target="/second", host="x"))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_slow_answer_is_not_the_clients_delay() -> None:
+    with serving(Recorder(delay=SHORT * 3)) as port:
+        # The pipelined second request's head stops halfway while the first is still being answered.
+        answer = exchange(port, request(target="/first", host="x") + b"GET /second HTTP/1.1\r\n", timeout=WAIT)
+        assert answer.status == 200
+
+
+def test_a_body_the_app_has_not_asked_for_yet_is_not_timed_out() -> None:
+    # With Expect: 100-continue the client waits for the app to ask for the body: that wait is not its pause.
+    app = Recorder(delay=SHORT * 3)
+    with serving(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(WAIT)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(b"abc")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert app.seen[0][1] == b"abc"
+
+
+@pytest.mark.parametrize("target", ["/" + "a" * 65535, "/?" + "a" * 1024 * 1024])
+def test_a_target_too_long_to_parse_gets_414(target: str) -> None:
+    app = Recorder()
+    with serving(app) as port:
+        assert exchange(port, request(target=target, host="x"), timeout=WAIT).status == 414
+    assert app.seen == []
+
+
+def test_the_longest_parsable_target_is_passed_on() -> None:
+    with serving(Recorder()) as port:
+        assert exchange(port, request(target="/" + "a" * 65534, host="x"), timeout=WAIT).status == 200
+
+
+@pytest.mark.parametrize(("head", "filler"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 4096),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", b"X-Many: a\r\n" * 400),
+    (b"GET /?", b"a" * 4096),
+    # an endless trailer section, which the parser would buffer like a head
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ", b"a" * 4096),
+], ids=["field-line", "field-lines", "target", "trailer"])
+def test_an_endless_head_is_refused_soon_after_the_limit(head: bytes, filler: bytes) -> None:
+    with serving(Recorder(), header_timeout=WAIT, body_timeout=WAIT) as port:
+        answered, sent = stream_until_answered(port, head, filler, limit=16 * MAX_HEAD_BYTES, timeout=WAIT)
+        assert answered, f"no answer after {sent} bytes"
+
+
+@pytest.mark.parametrize("line", [b"GET /", b"GET / HTTP/2.0", b"GET / HTTP/0.9"])
+def test_request_lines_that_are_not_http_1_get_400(line: str) -> None:
+    app = Recorder()
+    with serving(app) as port:
+        assert exchange(port, line + b"\r\nHost: x\r\n\r\n", timeout=WAIT).status == 400
+    assert app.seen == []
+
+
+def test_http_1_0_is_served() -> None:
+    with serving(Recorder()) as port:
+        answer = exchange(port, request(target="/", host="x", version="HTTP/1.0"), timeout=WAIT)
+        assert answer.status == 200
+
+
+def test_trailer_fields_are_dropped_and_the_body_kept() -> None:
+    app = Recorder()
+    with serving(app) as port:
+        data = request("POST", "/", "x", [("Transfer-Encoding", "chunked")],
+                       b"3\r\nabc\r\n0\r\nX-Injected: 1\r\nAuthorization: Bearer stolen\r\n\r\n")
+        assert exchange(port, data, timeout=WAIT).status == 200
+    scope, body, _ = app.seen[0]
+    assert body == b"abc"
+    assert [name for name, _ in scope["headers"]] == [b"host", b"transfer-encoding"]
+
+
+def test_an_upgrade_is_answered_as_plain_http_and_the_connection_closed() -> None:
+    app = Recorder()
+    upgrade = request(target="/ws", host="x", headers=[("Connection", "Upgrade"), ("Upgrade", "websocket"),
+                                                       ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                                                       ("Sec-WebSocket-Version", "13")])
+    with serving(app) as port:
+        answer = exchange(port, upgrade + request(target="/next", host="x"), methods=["GET", "GET"], timeout=WAIT)
+    assert answer.statuses == [200] and answer.closed
+    assert [scope["type"] for scope, _, _ in app.seen] == ["http"]
+
+
+def test_an_upgrade_with_a_body_is_refused() -> None:
+    # The parser never reads such a body: its bytes would become the next request.
+    app = Recorder()
+    data = request("POST", "/", "x", [("Connection", "Upgrade"), ("Upgrade", "h2c"), ("Content-Length", "40")],
+                   b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\n")
+    with serving(app) as port:
+        answer = exchange(port, data, methods=["POST", "GET"], timeout=WAIT)
+    assert answer.statuses == [400]
+    assert app.seen == []
+
+
+# -- logging ------------------------------------------------------------------------------------
+
+
+class StuckStream:
+    """A stream whose writes wait until `release` is set (a pipe nobody reads)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.release.wait()
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_logging_to_a_stuck_stream_drops_records_instead_of_waiting() -> None:
+    stream = StuckStream()
+    handler = QueuedStreamHandler(stream, backlog=10)
+    logger = logging.Logger("test-queued")  # not registered: leaves the process's logging alone
+    logger.addHandler(handler)
+    done = threading.Event()
+
+    def log_many() -> None:
+        for i in range(1000):
+            logger.warning("record %d", i)
+        done.set()
+
+    threading.Thread(target=log_many, daemon=True).start()
+    assert done.wait(WAIT), "logging waited for the stream"
+    assert handler.dropped >= 1000 - 10 - 1  # the backlog, and one record the writer holds
+    assert dropped_log_records() >= handler.dropped
+    stream.release.set()
+    handler.flush()
+    assert stream.lines[0] == "record 0\n"
+
+
+def test_the_log_config_queues_every_handler_and_the_root_logger() -> None:
+    config = queued_log_config("error")
+    assert all(handler["()"] is QueuedStreamHandler and "class" not in handler
+               for handler in config["handlers"].values())
+    assert config["root"] == {"handlers": ["service"], "level": "ERROR"}
