@@ -13,6 +13,7 @@ Compose deployment cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -28,12 +29,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cdn.config import ServiceSettings, SettingsError, env_prefix, load_settings
+from cdn.redis_url import redis_from_url
 
 DEFAULT_STATE = Path(".cache/cluster/state.json")
 HEALTH_PATHS: dict[str, str] = {
@@ -53,7 +54,6 @@ OWNED: dict[str, frozenset[str]] = {
 NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a host name label: names double as Compose service names
 RESERVED_NAMES = frozenset({"redis", "purge-api", "router"})
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
-SENTINEL_SCHEME = "redis+sentinel://"
 
 
 class ClusterError(Exception):
@@ -285,46 +285,20 @@ def plan(topology: Topology, redis: str, network: Network) -> list[Process]:
 # -- Redis ----------------------------------------------------------------------
 
 
-def redis_from_url(url: str, **kwargs: Any) -> Any:
-    """An asyncio redis-py client for `url`, or for the master that Sentinel names in
-    `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db][?sentinel_password=...]`."""
-    import redis.asyncio as aioredis
-    from redis.asyncio.sentinel import Sentinel
-
-    if not url.startswith(SENTINEL_SCHEME):
-        return aioredis.from_url(url, **kwargs)
-    parts = urlsplit(url)
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = credentials.partition(":")
-    sentinels = []
-    for host in hosts.split(","):
-        name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-        if not colon:
-            name, port = host, "26379"
-        sentinels.append((name.strip("[]"), int(port)))
-    path = [p for p in parts.path.split("/") if p]
-    if not path or len(path) > 2 or not sentinels[0][0]:
-        raise ValueError(f"a Sentinel URL is redis+sentinel://host:port[,host:port...]/service[/db], not {url!r}")
-    query = parse_qs(parts.query)
-    sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
-    if "sentinel_password" in query:
-        sentinel_kwargs["password"] = query["sentinel_password"][0]
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(unquote(path[0]), db=int(path[1]) if len(path) > 1 else 0,
-                               username=unquote(username) or None, password=unquote(password) or None, **kwargs)
-
-
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    """Whether the Redis at `url` answers PING."""
+    """Whether the Redis at `url` (or the master its Sentinels name) answers PING."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
+    async def ping() -> bool:
+        client = redis_from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(await client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    return asyncio.run(ping())
 
 
 # -- processes ------------------------------------------------------------------
@@ -531,8 +505,6 @@ class Cluster:
 def up(topology_path: Path, state_path: Path, redis: str | None, detach: bool, timeout: float) -> int:
     """Start the topology's processes, wait until all are healthy, then stay until interrupted (or detach)."""
     topology = load_topology(topology_path)
-    if redis is not None and redis.startswith(SENTINEL_SCHEME):
-        raise ClusterError("the services take a single redis:// URL for now, not a Sentinel URL")
     previous = read_state(state_path)
     if previous is not None and running(previous["processes"]):
         raise ClusterError(f"a cluster is already running ({state_path}): stop it with `cdn cluster down`")
@@ -677,7 +649,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            "the front door of a topology file, each on a free loopback port.")
     start.add_argument("topology", type=Path, help="topology file (e.g. compose/topology.toml)")
     start.add_argument("--redis", metavar="URL", default=None,
-                       help="use this Redis (default: start a redis-server of our own on a free port)")
+                       help="use this Redis, redis://... or redis+sentinel://... "
+                            "(default: start a redis-server of our own on a free port)")
     start.add_argument("--detach", action="store_true", help="return once everything is healthy, leaving it running")
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health (default 60)")
     start.add_argument("--state", type=Path, default=DEFAULT_STATE, help=state_help)

@@ -79,9 +79,9 @@ class RedisDatabase:
     """Versions in a sorted set per product (score: commit time), carts in hashes with a TTL."""
 
     def __init__(self, url: str, prefix: str = "origin:") -> None:
-        import redis.asyncio as aioredis
+        from cdn.redis_url import redis_from_url
 
-        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self.redis = redis_from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.prefix = prefix
 
     async def versions(self, ids: list[int], as_of: float | None) -> dict[int, Product]:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from cdn.config import ServiceSettings
+from cdn.redis_url import RedisUrl
 from origin_mock.faults import FaultSettings
 
 
@@ -24,7 +25,7 @@ class _ServerAndShop(ServiceSettings):
     not_found_max_age: int = Field(10, ge=0, description="max-age of 404 responses, seconds")
     assets: int = Field(100, ge=0, le=1_000_000, description="static assets per kind (js, css, img), numbered 1..assets")
     asset_cache_bytes: int = Field(64 * 1024 * 1024, ge=0, description="memory for generated asset bodies (LRU), bytes")
-    redis: str | None = Field(None, description="Redis URL of the shared store (products, carts): several instances then act as one")
+    redis: RedisUrl | None = Field(None, description="Redis URL of the shared store (products, carts), redis://host:port/db, or redis+sentinel://host:port[,host:port...]/service/db: several instances then act as one")
     redis_prefix: str = Field("origin:", description="prefix of the origin's Redis keys")
     replicas: int = Field(0, ge=0, le=64, description="read replicas (0: every read goes to the primary)")
     replication_lag_ms: float = Field(0.0, ge=0, description="how far behind the primary a replica read is, ms")

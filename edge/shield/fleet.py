@@ -119,12 +119,13 @@ class FleetLimiter:
     @classmethod
     def from_url(cls, url: str, timeout: float, **kwargs: Any) -> FleetLimiter:
         """A limiter with its own client: no retries (the circuit breaker decides), socket timeouts as a backstop."""
-        from redis.asyncio import from_url
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        client = from_url(url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 0.5),
-                          retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        from cdn.redis_url import redis_from_url
+
+        client = redis_from_url(url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 0.5),
+                                retry=Retry(NoBackoff(), 0), health_check_interval=0)
         return cls(client, timeout=timeout, **kwargs)
 
     def unavailable_for(self, now: float) -> float:
