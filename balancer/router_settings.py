@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from balancer.geo import REGIONS, valid_coordinates
 from balancer.placement import normalise_region
-from cdn.config import ServiceSettings
+from cdn.config import ServerSettings
+from cdn.redis_url import RedisUrl
 
 
 class FrontEdge(BaseModel):
@@ -50,7 +51,7 @@ class FrontEdge(BaseModel):
         return self
 
 
-class RouterSettings(ServiceSettings):
+class RouterSettings(ServerSettings):
     section = "router"
 
     host: str = Field("127.0.0.1", description="address to listen on")
@@ -63,7 +64,7 @@ class RouterSettings(ServiceSettings):
                                                                 + ", ".join(REGIONS))
     cidr_regions: dict[str, str] = Field(default_factory=dict, description='client address block -> region, e.g. {"10.1.0.0/16": "eu-west"}')
     default_region: str | None = Field(None, description="region of clients no header or address block places (unset: any region)")
-    redis: str | None = Field(None, description="Redis URL of the edge registry: live edges are added to `edges` (unset: `edges` only)")
+    redis: RedisUrl | None = Field(None, description="Redis URL of the edge registry, redis://host:port/db, or redis+sentinel://host:port[,host:port...]/service/db: live edges are added to `edges` (unset: `edges` only)")
     redis_prefix: str = Field("cdn:", description="prefix of every Redis key")
     live_after: float = Field(5.0, gt=0, description="a registered edge is used while its last heartbeat is younger than this (seconds)")
     registry_interval: float = Field(1.0, gt=0, le=60, description="seconds between two reads of the edge registry")

@@ -6,7 +6,7 @@
    gives the time to the first, median and last edge. Baseline: 10 bare reader
    processes woken by an XADD on the same redis-server (XREAD BLOCK, as the edges
    read the log), interleaved with the purges. Goal: last edge p99 under 50 ms.
-2. Throughput: 32 requests in flight against the one purge API process, tag
+2. Throughput: 32 requests in flight against the purge API (`--api-workers`), tag
    purges without wait, then (same client, same server) `GET /health`, which
    also makes one Redis call. Goal: at least 1,000 purges/s, with every edge
    applying them all (their `purges_applied` counters) shortly after.
@@ -156,7 +156,7 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def running_fleet(scratch: Path) -> Iterator[Fleet]:
+def running_fleet(scratch: Path, api_workers: int) -> Iterator[Fleet]:
     """redis-server, the purge API, EDGES edges and EDGES baseline readers; always stopped on the way out."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -172,7 +172,7 @@ def running_fleet(scratch: Path) -> Iterator[Fleet]:
         nobody = f"http://{HOST}:{free_port()}"  # the edges are never asked for content
         api_port = free_port()
         api = spawn("purge-api", [sys.executable, "-m", "cdn", "purge-api", "--host", HOST, "--port", str(api_port),
-                                  "--redis", redis_url, "--token", TOKEN], scratch, api_port)
+                                  "--redis", redis_url, "--token", TOKEN, "--workers", str(api_workers)], scratch, api_port)
         services.append(api)
         edges = []
         for i in range(EDGES):
@@ -753,9 +753,10 @@ def report_propagation(result: Propagation, purges: int) -> None:
               f"{', '.join(result.incomplete[:5])}")
 
 
-def report_throughput(result: Throughput, duration: float, rounds: int) -> None:
+def report_throughput(result: Throughput, duration: float, rounds: int, api_workers: int) -> None:
     print(f"\n2. Purge API throughput: {CONCURRENCY} requests in flight (h11, keep-alive) for {duration:g} s "
-          f"(paused: {min(duration, MAX_PAUSE):g} s), median of {rounds} round(s); one purge API process")
+          f"(paused: {min(duration, MAX_PAUSE):g} s), median of {rounds} round(s); "
+          f"purge API workers: {api_workers}")
     health = result.loads[HEALTH]
     health_rate = statistics.median(load.rate for load in health)
     health_cpu = statistics.median(load.cpu_us("purge API") for load in health)
@@ -848,6 +849,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--purges", type=int, default=None, help="purges timed one at a time (default: 200)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per throughput run (default: 5)")
     parser.add_argument("--rounds", type=int, default=None, help="throughput and apply rounds (default: 2 and 3)")
+    parser.add_argument("--api-workers", type=int, default=1, help="purge API worker processes (default: 1)")
     parser.add_argument("--xread-reader", metavar="REDIS_URL", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -873,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="purge-bench-") as scratch:
             print(f"starting redis-server, the purge API, {EDGES} edges and {EDGES} baseline readers ...",
                   file=sys.stderr, flush=True)
-            with running_fleet(Path(scratch)) as fleet:
+            with running_fleet(Path(scratch), args.api_workers) as fleet:
                 propagation, throughput = run_async(measure_fleet(fleet, args.purges, args.duration, args.load_rounds))
         apply_times = measure_apply(args.apply_rounds)
         print("  memory (tracemalloc) ...", file=sys.stderr, flush=True)
@@ -887,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\npurge_bench: {os.cpu_count()} CPUs, load {load_at_start:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"Python {sys.version.split()[0]}")
     report_propagation(propagation, args.purges)
-    report_throughput(throughput, args.duration, args.load_rounds)
+    report_throughput(throughput, args.duration, args.load_rounds, args.api_workers)
     report_apply(apply_times, args.apply_rounds)
     report_memory(memory)
     return 0

@@ -13,10 +13,12 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 
+from cdn import serving
 from cdn.config import ServiceSettings, SettingsError, env_prefix, load_settings
 
 # subcommand -> (settings class, app factory), imported only when used.
@@ -69,15 +71,40 @@ def settings_from_args(cls: type[ServiceSettings], args: argparse.Namespace) -> 
     return load_settings(cls, args.config, overrides)
 
 
-def serve(app: Any, host: str, port: int, log_level: str = "warning", proxy: bool = False) -> None:
-    """Run `app` on uvicorn; a proxy keeps its upstream's Date and Server fields instead of adding its own."""
+# Per-worker settings: each edge worker is an edge of its own in the registry, so purges wait for all of them.
+WORKER_SETTINGS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
+    "edge": lambda settings, number: {"id": f"{settings.id}.{number}"},
+}
+
+
+def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any = None) -> int:
+    """Run `app` on the service's server, or with `workers` > 1, that many forked uvicorn processes each making one."""
     import uvicorn
 
+    from cdn import http_server
+
+    proxy = service in ("edge", "router")  # a proxy keeps its upstream's Date and Server fields
+    if getattr(settings, "server", "uvicorn") == "granian":
+        serving.run_granian(app, settings.host, settings.port, settings.log_level)
+        return 0
     # Idle client connections stay open 75 s (as nginx's default): clients that keep connections
     # alive for 5 s (Node's agents) would otherwise race the server closing them.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-                date_header=not proxy, server_header=not proxy, timeout_graceful_shutdown=5,
-                timeout_keep_alive=75, proxy_headers=False)  # the shield decides whose X-Forwarded-For to trust
+    options: dict[str, Any] = dict(log_level=settings.log_level, access_log=False, lifespan="on",
+                                   date_header=not proxy, server_header=not proxy, timeout_graceful_shutdown=5,
+                                   timeout_keep_alive=75, proxy_headers=False)  # the shield decides whose XFF to trust
+    # Deadlines and head limits uvicorn lacks; upgrades served as plain HTTP; logs written off the event loop.
+    options.update(http=http_server.protocol_class(http_server.ClientLimits.of(settings)), ws="none",
+                   log_config=http_server.queued_log_config(settings.log_level))
+    if app is not None:
+        uvicorn.run(app, host=settings.host, port=settings.port, **options)
+        return 0
+
+    def run_worker(number: int, sock: Any) -> None:
+        changes = WORKER_SETTINGS.get(service, lambda *_: {})(settings, number)
+        app = make_app(settings.model_copy(update=changes))
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+
+    return serving.supervise(run_worker, settings.workers, serving.bind(settings.host, settings.port))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             return cluster.run(args)
         settings_ref, factory_ref, _ = SERVICES[args.command]
         settings = settings_from_args(_load(settings_ref), args)
-        app = _load(factory_ref)(settings)
+        make_app = _load(factory_ref)
+        # With one process the app is built here, so a settings error it finds is reported like the others.
+        app = make_app(settings) if getattr(settings, "workers", 1) == 1 else None
     except SettingsError as exc:
         print(f"cdn {args.command}: {exc}", file=sys.stderr)
         return 2
-    serve(app, settings.host, settings.port, settings.log_level, proxy=args.command in ("edge", "router"))
-    return 0
+    return serve(args.command, make_app, settings, app)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class SettingsError(ValueError):
@@ -26,6 +26,21 @@ class ServiceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     section: ClassVar[str] = ""
+
+
+class ServerSettings(ServiceSettings):
+    """What runs a network service: the ASGI server and how many processes share its port."""
+
+    server: Literal["uvicorn", "granian"] = Field("uvicorn", description="ASGI server: uvicorn (uvloop, httptools) or granian (experimental)")
+    workers: int = Field(1, ge=1, le=64, description="processes sharing the port, each with its own state (uvicorn only)")
+
+    @model_validator(mode="after")
+    def _workers_can_share_the_work(self) -> ServerSettings:
+        if self.workers > 1 and self.server != "uvicorn":
+            raise ValueError("workers > 1 runs on server 'uvicorn' only")
+        if self.workers > 1 and "redis" in type(self).model_fields and getattr(self, "redis") is None:
+            raise ValueError("workers > 1 needs redis: workers learn of purges only through the purge log in Redis")
+        return self
 
 
 S = TypeVar("S", bound=ServiceSettings)

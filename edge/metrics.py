@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from balancer import OriginPool
 from cdn.access_log import dropped_lines
-from purge_api.log import Purge, PurgeLog
+from purge_api.log import Ack, Purge, PurgeLog
 
 if TYPE_CHECKING:
     from edge.app import Edge
@@ -80,14 +80,25 @@ class TimedAcks:
     def __init__(self, log: PurgeLog, lag: Histogram) -> None:
         self._log = log
         self._lag = lag
+        self._observed: Ack | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._log, name)
 
-    async def ack(self, edge_id: str, purges: list[tuple[str, Purge]], at: float) -> None:
+    def _observe(self, purges: list[tuple[str, Purge]], at: float) -> None:
         for _, purge in purges:
             self._lag.observe(max(0.0, at - purge.created_at))
+
+    async def ack(self, edge_id: str, purges: list[tuple[str, Purge]], at: float) -> None:
+        self._observe(purges, at)
         await self._log.ack(edge_id, purges, at)
+
+    async def read(self, position: str, block: float, count: int = 512,
+                   ack: Ack | None = None) -> list[tuple[str, Purge]]:
+        if ack is not None and ack is not self._observed:  # once, though a failed read is retried with it
+            self._observe(ack[1], ack[2])
+            self._observed = ack
+        return await self._log.read(position, block, count, ack)
 
 
 class EdgeCollector(Collector):

@@ -17,18 +17,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.store import Store
-from purge_api.log import EdgeInfo, LogUnavailable, Purge, PurgeLog, after
+from edge.uri import normalise_path
+from purge_api.log import Ack, EdgeInfo, LogUnavailable, Purge, PurgeLog, after
 
 log = logging.getLogger("cdn.edge.purge")
 
 
 def url_key(value: str) -> str:
-    """The store's URL key (host + path?query) of a purge value given as a URL or as host/path."""
+    """The store's URL key (host + path?query) of a purge value given as a URL or as host/path; the path in
+    normal form, as the edge keys requests (`edge.uri`)."""
     if "://" in value:
         parts = urlsplit(value)
-        return parts.netloc.lower() + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return parts.netloc.lower() + normalise_path(parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host, slash, rest = value.partition("/")
-    return host.lower() + slash + rest
+    path, mark, query = (slash + rest).partition("?")
+    return host.lower() + normalise_path(path) + mark + query
 
 
 def apply_purge(store: Store, purge: Purge, fence_ttl: float = 300.0) -> int:
@@ -72,6 +75,7 @@ class PurgeListener:
         self.lag: list[float] = []  # seconds from purge creation to application, recent ones
         self._task: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
+        self._unacked: Ack | None = None  # applied, acknowledged with the next read
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run())
@@ -84,6 +88,12 @@ class PurgeListener:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._unacked is not None:  # applied before stopping: say so, so nobody waits for this edge
+            try:
+                await asyncio.wait_for(self.log.ack(*self._unacked), timeout=1.0)
+                self.acknowledged()
+            except (LogUnavailable, asyncio.TimeoutError):
+                self.count("purge_log_unavailable", 1)
 
     async def run(self) -> None:
         backoff = 0.05
@@ -93,9 +103,11 @@ class PurgeListener:
                 self.connected = True
                 backoff = 0.05
                 while True:
-                    entries = await self.log.read(self.position, block=self.heartbeat_interval)
+                    entries = await self.log.read(self.position, block=self.heartbeat_interval, ack=self._unacked)
+                    self.acknowledged()
                     if entries:
-                        await self.apply(entries)
+                        self.apply_batch(entries)
+                        self._unacked = (self.info.id, entries, time.time())
                     if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:
                         # Also re-checks the epoch and for trimming: a client that reconnects by
                         # itself would otherwise hide a Redis that restarted empty.
@@ -133,6 +145,21 @@ class PurgeListener:
 
     async def apply(self, entries: list[tuple[str, Purge]]) -> None:
         """Apply in order, then acknowledge the batch (an ack is only ever sent after the purge took effect)."""
+        self.apply_batch(entries)
+        self._unacked = (self.info.id, entries, time.time())
+        await self.log.ack(*self._unacked)
+        self.acknowledged()
+
+    def acknowledged(self) -> None:
+        """The pending ack was recorded: only now may the registry say this edge applied those purges."""
+        if self._unacked is not None:
+            last = self._unacked[1][-1][0]
+            if after(last, self.info.applied_through):  # a flush may have moved it past this batch
+                self.info.applied_through = last
+            self._unacked = None
+
+    def apply_batch(self, entries: list[tuple[str, Purge]]) -> None:
+        """Apply in order; the caller acknowledges them (with its next read, or at once)."""
         now = time.time()
         for position, purge in entries:
             if purge.seq != self.appended + 1:
@@ -145,8 +172,6 @@ class PurgeListener:
             self.position = position
             self.appended = purge.seq
         del self.lag[:-1000]
-        self.info.applied_through = self.position or self.info.applied_through
-        await self.log.ack(self.info.id, entries, time.time())
 
     async def wait_until_applied(self, position: str, timeout: float) -> bool:
         """Whether this edge has applied the log up to `position`, waiting up to `timeout` for it."""

@@ -7,11 +7,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from balancer import MemberSettings, PoolSettings
-from cdn.config import ServiceSettings
+from cdn.config import ServerSettings
+from cdn.redis_url import RedisUrl
 from edge.shield import ShieldSettings
 
 
-class EdgeSettings(ServiceSettings):
+class EdgeSettings(ServerSettings):
     section = "edge"
 
     host: str = Field("127.0.0.1", description="address to listen on")
@@ -30,7 +31,7 @@ class EdgeSettings(ServiceSettings):
     latitude: float | None = Field(None, ge=-90, le=90, description="the edge's latitude (for the front door and reports)")
     longitude: float | None = Field(None, ge=-180, le=180, description="the edge's longitude")
     advertise_url: str | None = Field(None, description="URL other services reach this edge at (default: http://host:port)")
-    redis: str | None = Field(None, description="Redis URL of the purge log and edge registry (unset: local purges only)")
+    redis: RedisUrl | None = Field(None, description="Redis URL of the purge log and edge registry, redis://host:port/db, or redis+sentinel://host:port[,host:port...]/service/db (unset: local purges only)")
     redis_prefix: str = Field("cdn:", description="prefix of every Redis key")
     heartbeat_interval: float = Field(1.0, gt=0, le=60, description="seconds between registry heartbeats")
     cache_size: int = Field(256 * 1024 * 1024, gt=0, description="cache capacity in bytes (bodies, headers and bookkeeping)")
@@ -39,6 +40,8 @@ class EdgeSettings(ServiceSettings):
     heuristic_max: float = Field(86400.0, ge=0, description="upper bound of heuristic freshness, seconds")
     connect_timeout: float = Field(3.0, gt=0, description="seconds to connect to the origin")
     origin_timeout: float = Field(30.0, gt=0, description="seconds to wait for the origin's response headers (then 504)")
+    client_header_timeout: float = Field(15.0, gt=0, description="seconds a client has to send a whole request head (then 408 and the connection closed)")
+    client_body_timeout: float = Field(60.0, gt=0, description="seconds a request body may pause while the edge reads it (then 408 and the connection closed)")
     shield: ShieldSettings = Field(default_factory=ShieldSettings, description="rate limits, penalty box and request size limits")
     cache_set_cookie: bool = Field(False, description="store and share responses that carry Set-Cookie (RFC 9111 allows it; off by default)")
     allowed_hosts: list[str] = Field(default_factory=list, description="Host names accepted (empty: any); others get 400")

@@ -88,19 +88,35 @@ class EdgeInfo:
         return not after(position, self.applied_through) or not after(position, self.clean_through)
 
 
+# An edge's acknowledgement: its id, the entries it applied, and when.
+Ack = tuple[str, list[tuple[str, "Purge"]], float]
+
+
 class LogUnavailable(Exception):
     """The log's store (Redis) cannot be reached or answered badly."""
+
+
+class NotReplicated(LogUnavailable):
+    """A purge is on the Redis master, but fewer replicas than required confirmed it in time."""
+
+    def __init__(self, purge_id: str, message: str) -> None:
+        super().__init__(message)
+        self.purge_id = purge_id
 
 
 class PurgeLog(Protocol):
     async def append(self, purge: Purge, idempotency_key: str | None = None, idempotency_ttl: float = 86400) -> tuple[str, Purge]:
         """Log `purge` and return its position; with a key seen before, the first purge and position instead."""
 
-    async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
-        """Entries after `position`, waiting up to `block` seconds for the first."""
+    async def read(self, position: str, block: float, count: int = 512,
+                   ack: Ack | None = None) -> list[tuple[str, Purge]]:
+        """Entries after `position`, waiting up to `block` seconds for the first; `ack` is recorded first."""
 
     async def history(self, since: float) -> list[tuple[str, Purge]]:
         """Entries logged at or after Unix time `since` (oldest first, at most the last 10,000)."""
+
+    async def recent(self, count: int) -> list[tuple[str, Purge]]:
+        """The last `count` entries still in the log, newest first."""
 
     async def tail(self) -> tuple[str, int]:
         """The newest position ("0-0" when empty) and how many entries were ever appended up to it."""
@@ -186,7 +202,10 @@ class MemoryPurgeLog:
                     self._acks.pop(old.id, None)
             return position, purge
 
-    async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
+    async def read(self, position: str, block: float, count: int = 512,
+                   ack: Ack | None = None) -> list[tuple[str, Purge]]:
+        if ack is not None:
+            await self.ack(*ack)
         deadline = time.monotonic() + block
         while True:
             with self._lock:
@@ -200,6 +219,10 @@ class MemoryPurgeLog:
         with self._lock:
             start = bisect.bisect_left(self._entries, (int(since * 1000), 0), key=lambda e: position_key(e[0]))
             return self._entries[start:][-10_000:]
+
+    async def recent(self, count: int) -> list[tuple[str, Purge]]:
+        with self._lock:
+            return self._entries[max(0, len(self._entries) - count):][::-1]
 
     async def tail(self) -> tuple[str, int]:
         return (self._entries[-1][0] if self._entries else self._max_trimmed), self._appended
@@ -263,28 +286,39 @@ end
 return {position, tonumber(redis.call('GET', KEYS[2]) or '0'), length}
 """
 
+# One edge's acknowledgement of a whole batch in one call: one round trip, however many purges it read.
+_ACK = """
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+"""
+
 
 class RedisPurgeLog:
     """The purge log in Redis: a stream trimmed by length, an epoch key, ack hashes and an edge registry hash."""
 
     def __init__(self, url: str, prefix: str = "cdn:", maxlen: int = 100_000, record_ttl: int = 3600,
-                 timeout: float = 2.0) -> None:
-        import redis.asyncio as aioredis
+                 timeout: float = 2.0, replicas: int = 0, replica_timeout: float = 0.5) -> None:
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
 
-        # One quick retry covers a pooled connection that died with a Redis restart; a purge
-        # applied twice is harmless, a purge lost is not.
-        self.redis = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout + 5,
-                                       decode_responses=True,
-                                       retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-                                       retry_on_error=[RedisConnectionError])
+        from cdn.redis_url import redis_from_url
+
+        # One quick retry covers a pooled connection that died with a Redis restart (or a master
+        # that Sentinel replaced); a purge applied twice is harmless, a purge lost is not.
+        self.redis = redis_from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout + 5,
+                                    decode_responses=True,
+                                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+                                    retry_on_error=[RedisConnectionError])
         self.prefix = prefix
         self.stream = prefix + "purge-log"
         self.maxlen = maxlen
         self.record_ttl = record_ttl
         self.seq_key = prefix + "purge-seq"
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
         self._append = self.redis.register_script(_APPEND)
         self._tail = self.redis.register_script(_TAIL)
 
@@ -305,16 +339,35 @@ class RedisPurgeLog:
                 for _ in range(20):  # the first call may be logging it right now
                     found = await self.find(first) if first else None
                     if found is not None:
+                        await self._replicated(found[1])  # a retry after a 503 waits for the replicas again
                         return found
                     await asyncio.sleep(0.05)
                 await self._call(self.redis.set(key, purge.id, ex=ttl))
         fields = purge.to_fields()["purge"]
         position, seq = await self._call(self._append(keys=[self.stream, f"{self.prefix}purge:{purge.id}", self.seq_key],
                                                       args=[self.maxlen, fields, self.record_ttl]))
+        await self._replicated(purge)
         return position, replace(purge, seq=int(seq))
 
-    async def read(self, position: str, block: float, count: int = 512) -> list[tuple[str, Purge]]:
-        answer = await self._call(self.redis.xread({self.stream: position}, count=count, block=max(1, int(block * 1000))))
+    async def _replicated(self, purge: Purge) -> None:
+        """With `replicas` set, raise NotReplicated unless that many replicas hold everything written so far."""
+        if not self.replicas:
+            return
+        confirmed = await self._call(self.redis.wait(self.replicas, int(self.replica_timeout * 1000)))
+        if confirmed < self.replicas:
+            raise NotReplicated(purge.id, f"purge {purge.id} is on the Redis master, but {confirmed} of {self.replicas} "
+                                          f"replica(s) confirmed it within {self.replica_timeout:g} s")
+
+    async def read(self, position: str, block: float, count: int = 512,
+                   ack: Ack | None = None) -> list[tuple[str, Purge]]:
+        block_ms = max(1, int(block * 1000))
+        if ack is None:
+            answer = await self._call(self.redis.xread({self.stream: position}, count=count, block=block_ms))
+        else:  # the ack and the next read in one round trip: a following edge makes one call per batch
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._pipe_ack(pipe, *ack)
+                pipe.xread({self.stream: position}, count=count, block=block_ms)
+                _, answer = await self._call(pipe.execute())
         if not answer:
             return []
         _, entries = answer[0]
@@ -323,6 +376,10 @@ class RedisPurgeLog:
     async def history(self, since: float) -> list[tuple[str, Purge]]:
         entries = await self._call(self.redis.xrevrange(self.stream, "+", f"{int(since * 1000)}-0", count=10_000))
         return [(entry_id, Purge.from_fields(fields)) for entry_id, fields in reversed(entries)]
+
+    async def recent(self, count: int) -> list[tuple[str, Purge]]:
+        entries = await self._call(self.redis.xrevrange(self.stream, "+", "-", count=count))
+        return [(entry_id, Purge.from_fields(fields)) for entry_id, fields in entries]
 
     async def tail(self) -> tuple[str, int]:
         position, seq, _ = await self._call(self._tail(keys=[self.stream, self.seq_key]))
@@ -350,11 +407,12 @@ class RedisPurgeLog:
 
     async def ack(self, edge_id: str, purges: list[tuple[str, Purge]], at: float) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for _, purge in purges:
-                key = f"{self.prefix}acks:{purge.id}"
-                pipe.hset(key, edge_id, repr(at))
-                pipe.expire(key, self.record_ttl)
+            self._pipe_ack(pipe, edge_id, purges, at)
             await self._call(pipe.execute())
+
+    def _pipe_ack(self, pipe: Any, edge_id: str, purges: list[tuple[str, Purge]], at: float) -> None:
+        keys = [f"{self.prefix}acks:{purge.id}" for _, purge in purges]
+        pipe.eval(_ACK, len(keys), *keys, edge_id, repr(at), self.record_ttl)  # Redis caches the compiled script
 
     async def acks(self, purge_id: str) -> dict[str, float]:
         raw = await self._call(self.redis.hgetall(f"{self.prefix}acks:{purge_id}"))

@@ -1,0 +1,125 @@
+"""Running a service in several worker processes, and on granian: real processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cdn.cli import main
+from tests.scripted_origin import Answer
+from tests.servers import cdn_process, free_port, wait_for_port
+from tests.test_purge import AUTH, HOST, Fleet, start_fleet
+
+CACHEABLE = [("Cache-Control", "max-age=600"), ("Surrogate-Key", "page")]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    yield from start_fleet(tmp_path, edges=0)
+
+
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def wait_until(condition, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def served_by(url: str, path: str) -> tuple[str, str]:
+    """One request on a new connection: the Cache-Status of the answer and the edge that gave it."""
+    with httpx.Client(timeout=10) as client:
+        response = client.get(url + path, headers={"Host": HOST})
+    assert response.status_code == 200, response.text
+    cache_status = response.headers["cache-status"]
+    return cache_status, cache_status.split(";")[0]
+
+
+def test_each_edge_worker_is_an_edge_of_its_own_and_applies_every_purge(fleet: Fleet) -> None:
+    assert fleet.origin is not None
+    fleet.origin.route("/page", Answer(headers=CACHEABLE, body=b"v1"))
+    with cdn_process("edge", "--origin", fleet.origin_url, "--redis", fleet.redis.url, "--id", "eu-1",
+                     "--workers", "2", "--heartbeat-interval", "0.2", "--no-access-log") as url:
+        fleet.wait_for_live_edges(2)
+        ids = {e["id"] for e in fleet.client.get(fleet.api_url + "/edges", headers=AUTH).json()["edges"]}
+        assert ids == {"eu-1.0", "eu-1.1"}
+        seen = {served_by(url, "/page")[1] for _ in range(20)}
+        assert seen <= {"eu-1.0", "eu-1.1"}
+        answer = fleet.purge({"kind": "tag", "values": ["page"]}).json()
+        assert answer["complete"] is True, answer
+        assert set(answer["applied"]) == {"eu-1.0", "eu-1.1"}
+        fleet.origin.route("/page", Answer(headers=CACHEABLE, body=b"v2"))
+        with httpx.Client(timeout=10) as client:
+            for _ in range(10):  # whichever worker answers, the purge reached it
+                assert client.get(url + "/page", headers={"Host": HOST, "Connection": "close"}).content == b"v2"
+
+
+def test_a_worker_that_dies_is_started_again_and_sigterm_stops_them_all(fleet: Fleet) -> None:
+    port = free_port()
+    with cdn_process("edge", "--origin", fleet.origin_url, "--redis", fleet.redis.url, "--id", "eu-2",
+                     "--workers", "2", "--no-access-log", port=port) as url:
+        parent = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_edge_parent(int(p), port))
+        workers = wait_until(lambda: len(children(parent)) == 2 and children(parent), what="two workers")
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_until(lambda: (now := children(parent)) and victim not in now and len(now) == 2 and now,
+                              what="the dead worker replaced")
+        assert len(replaced - workers) == 1
+        wait_for_port(port)
+        assert httpx.get(url + "/_edge/health", timeout=10).status_code == 200
+        os.kill(parent, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(f"/proc/{parent}") or _is_zombie(parent), what="the parent exited")
+        for pid in replaced:
+            wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), what=f"worker {pid} exited")
+
+
+def _is_edge_parent(pid: int, port: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return False
+    return b"--workers" in argv and str(port).encode() in argv and ppid == os.getpid()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("service", ["edge", "purge-api"])
+def test_workers_without_redis_are_refused_at_start_up(service: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([service, "--workers", "2"]) == 2
+    assert "workers > 1 needs redis" in capsys.readouterr().err
+
+
+def test_workers_run_on_uvicorn_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["router", "--workers", "2", "--server", "granian"]) == 2
+    assert "workers > 1 runs on server 'uvicorn' only" in capsys.readouterr().err
+
+
+def test_the_edge_serves_hits_on_granian(fleet: Fleet) -> None:
+    assert fleet.origin is not None
+    fleet.origin.route("/g", Answer(headers=CACHEABLE, body=b"granian"))
+    with cdn_process("edge", "--origin", fleet.origin_url, "--server", "granian", "--id", "gr-1",
+                     "--no-access-log") as url:
+        first, _ = served_by(url, "/g")
+        second, _ = served_by(url, "/g")
+    assert "fwd=miss" in first and "; hit" in second, (first, second)
