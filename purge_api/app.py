@@ -1,8 +1,10 @@
 """The purge service's REST API: authenticated purges logged durably, then tracked per edge until applied.
 
     POST /purges            {"kind": "url"|"prefix"|"tag"|"event"|"all", ...}  -> 202 with the purge id
+    GET  /purges            the last purges in the log, newest first, each with its status; ?limit=N
     GET  /purges/{id}       which live edges applied it (and when), which are pending; ?wait=SECONDS
-    GET  /edges             the edge registry, with liveness
+    GET  /edges             the edge registry, with liveness and hit ratio
+    GET  /status            the status page (HTML, no token; it asks for one to read the calls above)
     GET  /health            liveness of the service and of its log
     GET  /metrics           Prometheus metrics (no token)
 """
@@ -23,16 +25,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from purge_api.log import EdgeInfo, LogUnavailable, Purge, PurgeLog, new_purge_id, open_log
+from purge_api.log import EdgeInfo, LogUnavailable, NotReplicated, Purge, PurgeLog, new_purge_id, open_log
 from purge_api.metrics import CountResponses, PurgeApiMetrics
 from purge_api.settings import PurgeApiSettings
+from purge_api.status import status_page
 
 KINDS = ("url", "prefix", "tag", "event", "all")
 MAX_VALUE_LENGTH = 2048
 MAX_IDEMPOTENCY_KEY = 200
+DEFAULT_LISTED = 20
+MAX_LISTED = 100
 
 
 class PayloadError(Exception):
@@ -124,7 +129,8 @@ class PurgeService:
     def __init__(self, settings: PurgeApiSettings, purge_log: PurgeLog | None = None) -> None:
         self.settings = settings
         self.log = purge_log or open_log(settings.redis, prefix=settings.redis_prefix, maxlen=settings.log_maxlen,
-                                         record_ttl=settings.status_ttl)
+                                         record_ttl=settings.status_ttl, replicas=settings.replicas,
+                                         replica_timeout=settings.replica_timeout)
         self.owns_log = purge_log is None
         self.repurges: dict[str, tuple[str, float]] = {}  # first purge id -> its delayed repeat's id, due time
         self._tasks: set[asyncio.Task[None]] = set()
@@ -144,11 +150,19 @@ class PurgeService:
         found = await self.log.find(purge_id)
         if found is None:
             return None
-        position, purge = found
-        now = time.time()
         # The registry first: an edge acknowledges before it heartbeats, so an ack is never missed.
-        edges = await self.log.edges()
-        acks = await self.log.acks(purge_id)
+        return await self.describe(*found, await self.log.edges())
+
+    async def recent(self, count: int) -> list[dict[str, Any]]:
+        """The status of each of the last `count` purges in the log, newest first."""
+        entries = await self.log.recent(count)
+        edges = await self.log.edges()  # before any ack is read, as in `status`
+        return [await self.describe(position, purge, edges) for position, purge in entries]
+
+    async def describe(self, position: str, purge: Purge, edges: list[EdgeInfo]) -> dict[str, Any]:
+        """A purge with the live edges that applied it and those still pending (`edges` read before its acks)."""
+        now = time.time()
+        acks = await self.log.acks(purge.id)
         applied: dict[str, Any] = {}
         pending: list[str] = []
         for edge in sorted(edges, key=lambda e: e.id):
@@ -165,8 +179,8 @@ class PurgeService:
             "event": purge.event, "version": purge.version, "created_at": purge.created_at, "position": position,
             "complete": not pending, "applied": applied, "pending": pending,
         }
-        if purge_id in self.repurges:
-            repeat_id, due_at = self.repurges[purge_id]
+        if purge.id in self.repurges:
+            repeat_id, due_at = self.repurges[purge.id]
             answer["repurge"] = await self.status(repeat_id) or {
                 "id": repeat_id, "scheduled_at": due_at, "complete": False, "applied": {}, "pending": []}
         return answer
@@ -216,6 +230,15 @@ class PurgeService:
             await self.log.close()
 
 
+def _limit_param(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return DEFAULT_LISTED
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_LISTED):
+        raise PayloadError(f"limit must be a whole number from 1 to {MAX_LISTED}")
+    return int(raw)
+
+
 def _wait_param(request: Request) -> float | None:
     raw = request.query_params.get("wait")
     if raw is None:
@@ -259,6 +282,9 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
             return error(422, str(exc))
         try:
             position, logged = await service.log.append(purge, key, settings.idempotency_ttl)
+        except NotReplicated as exc:  # edges may apply it, but a failover now could lose it: not acknowledged
+            return error(503, "purge logged but not yet held by the required replicas; retry with the same "
+                              "Idempotency-Key", id=exc.purge_id, detail=str(exc))
         except LogUnavailable as exc:
             return error(503, "purge log unavailable: the purge was not logged; retry", detail=str(exc))
         replayed = logged.id != purge.id
@@ -299,6 +325,19 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
         service.metrics.status_reads.labels("complete" if fully_applied(answer) else "pending").inc()
         return JSONResponse(answer)
 
+    async def listing(request: Request) -> JSONResponse:
+        if (denied := service.authorise(request, write=False)) is not None:
+            return denied
+        try:
+            limit = _limit_param(request)
+        except PayloadError as exc:
+            return error(422, str(exc))
+        try:
+            purges = await service.recent(limit)
+        except LogUnavailable as exc:
+            return error(503, "purge log unavailable", detail=str(exc))
+        return JSONResponse({"now": time.time(), "purges": purges})
+
     async def edges(request: Request) -> JSONResponse:
         if (denied := service.authorise(request, write=False)) is not None:
             return denied
@@ -319,6 +358,9 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
     async def metrics(request: Request) -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
 
+    async def home(request: Request) -> Response:
+        return RedirectResponse("status")  # relative: still right behind a proxy that adds a path prefix
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -326,10 +368,13 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
 
     app = Starlette(lifespan=lifespan, routes=[
         Route("/purges", create, methods=["POST"]),
+        Route("/purges", listing, methods=["GET"]),
         Route("/purges/{purge_id}", show),
         Route("/edges", edges),
         Route("/health", health),
         Route("/metrics", metrics),
+        Route("/status", status_page),
+        Route("/", home),
     ], middleware=[Middleware(CountResponses, metrics=service.metrics)])
     app.state.service = service
     return app
@@ -339,4 +384,19 @@ def edge_view(edge: EdgeInfo, now: float, live_after: float) -> dict[str, Any]:
     age = now - edge.heartbeat_at
     return {"id": edge.id, "region": edge.region, "address": edge.address, "latitude": edge.latitude,
             "longitude": edge.longitude, "live": age <= live_after, "heartbeat_age": round(age, 3),
-            "applied_through": edge.applied_through, "stats": edge.stats}
+            "applied_through": edge.applied_through, "stats": edge.stats, "hit_ratio": hit_ratio(edge.stats)}
+
+
+def hit_ratio(stats: dict[str, Any]) -> float | None:
+    """Share of an edge's cacheable lookups answered from its cache since it started (None before the first).
+
+    From its heartbeat's counters: hits (fresh, and stale served within max-stale or while revalidating)
+    over hits + misses + revalidations; passes (uncacheable requests) are left out.
+    """
+    def count(name: str) -> float:
+        value = stats.get(name, 0)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0
+
+    hits = count("hits")
+    lookups = hits + count("misses") + count("revalidations")
+    return round(hits / lookups, 4) if lookups else None
