@@ -133,7 +133,8 @@ class ClientRequest:
             directives=rfc.request_directives(headers),
             path=decoded,
             client_ip=client_ip,
-            loop_ids=frozenset(m.split(";")[0].strip() for m in split_list(headers.get_all("cdn-loop"))),
+            loop_ids=frozenset(m.split(";")[0].strip() for m in split_list(headers.get_all("cdn-loop")))
+            if "cdn-loop" in headers else frozenset(),
             surrogate="surrogate-capability" in headers,
         )
 
@@ -356,7 +357,7 @@ class Edge:
         return best, bool(variants)
 
     async def lookup(self, request: ClientRequest, send: Send) -> None:
-        if not await self.shield_caught_up(request):
+        if PURGE_POSITION in request.headers and not await self.shield_caught_up(request):
             # We have not applied a purge our child has: our copy may be what it purged.
             self.count("shield_bypass")
             await self.fetch(request, send, None, "bypass")

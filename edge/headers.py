@@ -19,35 +19,59 @@ _DIGITS = re.compile(r"[0-9]+\Z")
 
 
 class Headers:
-    """An ordered multi-map of header fields with lowercase names (str, latin-1 decoded)."""
+    """An ordered multi-map of header fields with lowercase names (str, latin-1 decoded).
 
-    __slots__ = ("items",)
+    Lookups go through a name -> values index built on first use and rebuilt when `items` grows.
+    """
+
+    __slots__ = ("items", "_index", "_indexed")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self.items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
+        self._index: dict[str, list[str]] | None = None
+        self._indexed = 0
+
+    @classmethod
+    def _of(cls, items: list[tuple[str, str]]) -> Headers:
+        h = cls.__new__(cls)
+        h.items = items
+        h._index = None
+        h._indexed = 0
+        return h
 
     @classmethod
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         """From ASGI/httpx byte pairs; surrounding whitespace is not part of a value (RFC 9110 §5.5)."""
-        h = cls.__new__(cls)
-        h.items = [(k.decode("latin-1").lower(), v.decode("latin-1").strip(" \t")) for k, v in raw]
-        return h
+        return cls._of([(k.decode("latin-1").lower(), v.decode("latin-1").strip(" \t")) for k, v in raw])
+
+    def fields(self) -> dict[str, list[str]]:
+        """Name -> its values in order; read-only."""
+        index = self._index
+        if index is None or self._indexed != len(self.items):
+            index = {}
+            for k, v in self.items:
+                values = index.get(k)
+                if values is None:
+                    index[k] = [v]
+                else:
+                    values.append(v)
+            self._index, self._indexed = index, len(self.items)
+        return index
 
     def get_all(self, name: str) -> list[str]:
-        return [v for k, v in self.items if k == name]
+        values = self.fields().get(name)
+        return list(values) if values else []
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        for k, v in self.items:
-            if k == name:
-                return v
-        return default
+        values = self.fields().get(name)
+        return values[0] if values else default
 
     def __contains__(self, name: object) -> bool:
-        return any(k == name for k, _ in self.items)
+        return name in self.fields()
 
     def remove(self, names: Iterable[str]) -> Headers:
         drop = set(names)
-        return Headers([(k, v) for k, v in self.items if k not in drop])
+        return Headers._of([(k, v) for k, v in self.items if k not in drop])
 
     def replace(self, name: str, value: str) -> None:
         self.items = [(k, v) for k, v in self.items if k != name]

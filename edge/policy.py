@@ -62,7 +62,9 @@ def connection_listed(headers: Headers) -> frozenset[str]:
 
 
 def end_to_end(headers: Headers) -> Headers:
-    """`headers` without hop-by-hop fields and those the Connection header names."""
+    """`headers` without hop-by-hop fields and those the Connection header names (itself when it has none)."""
+    if HOP_BY_HOP.isdisjoint(headers.fields()):  # no Connection field either: nothing to drop
+        return headers
     return headers.remove(HOP_BY_HOP | connection_listed(headers))
 
 
