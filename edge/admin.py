@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,13 @@ def build_admin(edge: Edge) -> Starlette:
             "counters": edge.counters,
             "store": {"objects": len(edge.store), "bytes": edge.store.size, "capacity": edge.store.capacity,
                       "tags": edge.store.tag_count(), "evictions": edge.store.evictions},
+            # What a leak would grow: compared before and after a soak (benchmarks/soak.py). `tasks`
+            # includes the one answering this request.
+            "tasks": len(asyncio.all_tasks()),
+            "in_flight": edge.in_flight,
+            "fetches": len(edge.flights),
+            "refreshes": len(edge.refreshing),
+            "hit_for_miss": len(edge.hit_for_miss),
         })
 
     async def purge(request: Request) -> JSONResponse:
