@@ -55,6 +55,11 @@ def record_fence(store: Store, purge: Purge, fence_ttl: float) -> None:
     store.fence(purge.kind, values, purge.version or 0, purge.created_at + fence_ttl)
 
 
+# Seconds a listener waits after applying a batch before reading the next, only while purges keep
+# coming: a following edge then reads them a few at a time instead of one per round trip.
+BURST_LINGER = 0.002
+
+
 class PurgeListener:
     """Keeps one edge's store in step with the purge log and the edge registered."""
 
@@ -108,6 +113,8 @@ class PurgeListener:
                     if entries:
                         self.apply_batch(entries)
                         self._unacked = (self.info.id, entries, time.time())
+                        # In a burst, let the next few purges gather: one round trip then carries them all.
+                        await asyncio.sleep(BURST_LINGER)
                     if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval:
                         # Also re-checks the epoch and for trimming: a client that reconnects by
                         # itself would otherwise hide a Redis that restarted empty.
