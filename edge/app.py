@@ -80,8 +80,40 @@ NOT_FORWARDED_METHODS = frozenset({"CONNECT", "TRACE"})
 ALLOWED_METHODS = (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 
 
+# Request fields that can change what a stored response answers (directives, conditionals, ranges, and
+# the fields edges send each other): a request with any of them takes the full path.
+HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-modified-since", b"if-range",
+                           b"range", b"cdn-loop", b"surrogate-capability", PURGE_POSITION.encode()})
+
+
 class BadRequest(Exception):
     """A request the edge refuses with 400 before any other work."""
+
+
+def valid_host(value: str, settings: EdgeSettings) -> str:
+    """The request's Host, lower-cased, or BadRequest when it is missing, malformed or not served here."""
+    host = value.strip().lower()
+    if not host or any(c in host for c in " /\\@"):
+        raise BadRequest("missing or invalid Host header")
+    if settings.allowed_hosts and host.split(":")[0] not in settings.allowed_hosts:
+        raise BadRequest(f"host {host!r} is not served here")
+    return host
+
+
+def request_target(scope: Scope) -> tuple[str, str]:
+    """Path and query as keyed and forwarded (the path in RFC 3986 normal form), and the decoded path."""
+    path = scope.get("raw_path") or scope["path"].encode("latin-1")
+    target = path.decode("latin-1")
+    if not target.startswith("/"):
+        raise BadRequest("request target must be a path")
+    decoded = scope["path"]
+    normal = normalise_path(target)  # keyed and forwarded in normal form: the origin serves /b for /a/../b
+    if normal is not target:
+        target, decoded = normal, unquote(normal)
+    query = scope.get("query_string", b"")
+    if query:
+        target += "?" + query.decode("latin-1")
+    return target, decoded
 
 
 @dataclass(slots=True)
@@ -106,22 +138,8 @@ class ClientRequest:
         hosts = headers.get_all("host")
         if len(hosts) > 1:
             raise BadRequest("more than one Host header")
-        host = (hosts[0] if hosts else "").strip().lower()
-        if not host or any(c in host for c in " /\\@"):
-            raise BadRequest("missing or invalid Host header")
-        if settings.allowed_hosts and host.split(":")[0] not in settings.allowed_hosts:
-            raise BadRequest(f"host {host!r} is not served here")
-        path = scope.get("raw_path") or scope["path"].encode("latin-1")
-        target = path.decode("latin-1")
-        if not target.startswith("/"):
-            raise BadRequest("request target must be a path")
-        decoded = scope["path"]
-        normal = normalise_path(target)  # keyed and forwarded in normal form: the origin serves /b for /a/../b
-        if normal is not target:
-            target, decoded = normal, unquote(normal)
-        query = scope.get("query_string", b"")
-        if query:
-            target += "?" + query.decode("latin-1")
+        host = valid_host(hosts[0] if hosts else "", settings)
+        target, decoded = request_target(scope)
         client = scope.get("client") or ("", 0)
         return cls(
             method=scope["method"],
@@ -314,6 +332,8 @@ class Edge:
             self.count("method_not_allowed")
             await self.send_error(send, 405, f"{scope['method']} is not served here", extra=[ALLOWED_METHODS])
             return
+        if scope["method"] in ("GET", "HEAD") and await self.fresh_hit(scope, send):
+            return
         try:
             request = ClientRequest.from_scope(scope, self.settings, client_ip)
         except BadRequest as exc:
@@ -334,6 +354,40 @@ class Edge:
                 await self.pass_(request, receive, send)
         finally:
             self.in_flight -= 1
+
+    async def fresh_hit(self, scope: Scope, send: Send) -> bool:
+        """The commonest answer, given without building the request: a GET or HEAD with no field that could
+        change it (HIT_SENSITIVE) for a fresh entry stored without Vary. False: the full path decides."""
+        host = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                if host is not None:
+                    return False
+                host = value
+            elif name in HIT_SENSITIVE:
+                return False
+        if host is None:
+            return False
+        try:
+            key = valid_host(host.decode("latin-1"), self.settings) + request_target(scope)[0]
+        except BadRequest:
+            return False  # the full path refuses it
+        variants = self.store.variants(key)
+        if len(variants) != 1:
+            return False
+        entry = variants[0]
+        meta: Stored = entry.meta
+        now = time.time()
+        if meta.vary or rfc.reuse(meta.freshness, rfc.EMPTY_DIRECTIVES, now, entry.soft_purged) is not rfc.Reuse.FRESH:
+            return False
+        self.store.touch(entry)
+        self.count("hit")
+        body = entry.body if scope["method"] == "GET" else b""
+        headers = [*meta.wire, (b"content-length", str(len(entry.body)).encode()), *self.hit_fields(meta, now, "hit")]
+        self.count("served_bytes_cache", len(body))
+        await send({"type": "http.response.start", "status": meta.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return True
 
     async def shield_caught_up(self, request: ClientRequest) -> bool:
         """As a parent: have we applied every purge the child asking us has? Wait a little if not."""
@@ -798,18 +852,7 @@ class Edge:
                       detail: str | None = None, fwd: str | None = None) -> None:
         """Answer from a stored entry: 304 to a matching conditional, 206/416 to a range, else the whole."""
         meta: Stored = entry.meta
-        age = meta.freshness.age(now)
-        ttl = meta.freshness.lifetime - age
-        status_parts = [self.id]
-        if hit:
-            status_parts.append(hit)
-        if fwd:
-            status_parts.append(fwd)
-        status_parts.append(f"ttl={int(ttl)}" if ttl > -1e9 else "ttl=0")
-        if detail:
-            status_parts.append(f"detail={detail}")
-        extra = [(b"age", str(int(min(age, 2**31))).encode()), (b"cache-status", "; ".join(status_parts).encode()),
-                 self._served_by]
+        extra = self.hit_fields(meta, now, hit, detail, fwd)
         if meta.status == 200 and rfc.not_modified(request.headers, meta.headers, meta.freshness.response_time):
             headers = [(k, v) for k, v in meta.wire if k.decode("latin-1") in rfc.NOT_MODIFIED_FIELDS]
             await send({"type": "http.response.start", "status": 304, "headers": headers + extra})
@@ -840,6 +883,22 @@ class Edge:
         self.count("served_bytes_cache", len(body))
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
+
+    def hit_fields(self, meta: Stored, now: float, hit: str | None, detail: str | None = None,
+                   fwd: str | None = None) -> list[tuple[bytes, bytes]]:
+        """Age, Cache-Status (RFC 9211) and X-Served-By of an answer from the cache."""
+        age = meta.freshness.age(now)
+        ttl = meta.freshness.lifetime - age
+        status_parts = [self.id]
+        if hit:
+            status_parts.append(hit)
+        if fwd:
+            status_parts.append(fwd)
+        status_parts.append(f"ttl={int(ttl)}" if ttl > -1e9 else "ttl=0")
+        if detail:
+            status_parts.append(f"detail={detail}")
+        return [(b"age", str(int(min(age, 2**31))).encode()), (b"cache-status", "; ".join(status_parts).encode()),
+                self._served_by]
 
     @staticmethod
     def if_range_holds(request: ClientRequest, meta: Stored) -> bool:

@@ -62,6 +62,25 @@ def test_miss_then_hit_serves_from_cache_with_age_and_cache_status(rig: Rig) -> 
     assert rig.origin.hits["/a"] == 1
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("status", [200, 404])
+def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, method: str, status: int) -> None:
+    # A plain request takes the edge's fast hit path; a CDN-Loop field naming another edge changes
+    # nothing but sends the request down the full path: both must give the same answer.
+    rig.origin.route("/same", Answer(status=status, headers=[("Cache-Control", "max-age=600"), ("ETag", '"v"')],
+                                     body=b"the same"))
+    rig.get("/same")
+    plain = rig.client.request(method, rig.url + "/same")
+    full = rig.client.request(method, rig.url + "/same", headers={"CDN-Loop": "another-edge"})
+    assert "hit" in status_of(plain) and "hit" in status_of(full)
+    assert (plain.status_code, plain.content) == (full.status_code, full.content)
+    unstable = {"age", "cache-status"}
+    assert [(k, v) for k, v in plain.headers.multi_items() if k not in unstable] == [
+        (k, v) for k, v in full.headers.multi_items() if k not in unstable]
+    assert status_of(plain).split("; ttl=")[0] == status_of(full).split("; ttl=")[0]
+    assert rig.origin.hits["/same"] == 1
+
+
 @pytest.mark.parametrize("cache_control", ["no-store", "private", "max-age=60, no-store"])
 def test_responses_a_shared_cache_must_not_store_are_fetched_every_time(rig: Rig, cache_control: str) -> None:
     rig.origin.route("/p", Answer(headers=[("Cache-Control", cache_control)]))
