@@ -25,9 +25,12 @@ RESTART_DELAY = 1.0  # seconds before a worker that died is started again
 
 def run_granian(app: Any, host: str, port: int, log_level: str) -> None:
     """Serve `app` on granian's embedded server (one process; it binds its own socket)."""
-    from granian.constants import Interfaces
-    from granian.log import LogLevels
-    from granian.server.embed import Server
+    try:
+        from granian.constants import Interfaces
+        from granian.log import LogLevels
+        from granian.server.embed import Server
+    except ImportError:
+        raise SystemExit("server 'granian' needs the granian package: pip install 'cdn[granian]'") from None
 
     server = Server(app, address=host, port=port, interface=Interfaces.ASGI, websockets=False, backlog=2048,
                     log_level=LogLevels(log_level), log_access=False)
