@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -61,24 +62,35 @@ class ThreadServer:
 
 
 @contextlib.contextmanager
-def cdn_process(*args: str, port: int | None = None) -> Iterator[str]:
-    """`python -m cdn <args> --port P` as a subprocess; yields its base URL and stops it afterwards."""
+def cdn_service(*args: str, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m cdn <args> --port P` as a subprocess; yields it and its base URL, and stops it afterwards.
+
+    Its output goes to a file (shown if it does not start): a pipe nobody drains would block it."""
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cdn", *args, "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen([sys.executable, "-m", "cdn", *args, "--port", str(port)], cwd=ROOT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=output, stderr=subprocess.STDOUT)
         try:
-            wait_for_port(port)
-        except TimeoutError:
-            proc.kill()
-            output = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"cdn {' '.join(args)} did not start:\n{output}") from None
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            try:
+                wait_for_port(port)
+            except TimeoutError:
+                proc.kill()
+                proc.wait()
+                output.seek(0)
+                raise RuntimeError(f"cdn {' '.join(args)} did not start:\n{output.read().decode()}") from None
+            yield proc, f"http://127.0.0.1:{port}"
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@contextlib.contextmanager
+def cdn_process(*args: str, port: int | None = None) -> Iterator[str]:
+    """`cdn_service`, yielding only the base URL."""
+    with cdn_service(*args, port=port) as (_, url):
+        yield url

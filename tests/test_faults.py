@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,30 +15,12 @@ from purge_api.app import create_app as create_purge_api
 from purge_api.settings import PurgeApiSettings
 from tests.redis_server import RedisServer, wait_until
 from tests.scripted_origin import Answer, ScriptedOrigin
-from tests.servers import ROOT, ThreadServer, free_port, wait_for_port
+from tests.servers import ThreadServer, cdn_service
 
 TOKEN = "fault-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HOST = "shop.example"
 CACHEABLE = [("Cache-Control", "max-age=600"), ("Surrogate-Key", "page")]
-
-
-@contextlib.contextmanager
-def service(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "cdn", *args, "--port", str(port)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @pytest.fixture
@@ -63,9 +41,9 @@ def test_an_edge_killed_mid_request_is_routed_around_and_no_purge_waits_for_it(r
     api = create_purge_api(PurgeApiSettings(redis=redis.url, token=TOKEN, live_after=1.0))
     common = ["--redis", redis.url, "--heartbeat-interval", "0.2", "--no-access-log"]
     with ThreadServer(origin) as origin_server, ThreadServer(api) as api_server, \
-            service("edge", "--origin", origin_server.url, "--id", "doomed", *common) as (doomed, doomed_url), \
-            service("edge", "--origin", origin_server.url, "--id", "survivor", *common) as (_, survivor_url), \
-            service("router", "--redis", redis.url, "--live-after", "1.0", "--registry-interval", "0.1",
+            cdn_service("edge", "--origin", origin_server.url, "--id", "doomed", *common) as (doomed, doomed_url), \
+            cdn_service("edge", "--origin", origin_server.url, "--id", "survivor", *common) as (_, survivor_url), \
+            cdn_service("router", "--redis", redis.url, "--live-after", "1.0", "--registry-interval", "0.1",
                     "--health-interval", "0.2") as (_, router_url), \
             httpx.Client(timeout=15) as client:
         wait_until(lambda: live_edges(client, api_server.url) == {"doomed", "survivor"}, 15, "both edges live")

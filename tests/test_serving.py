@@ -13,7 +13,7 @@ import pytest
 
 from cdn.cli import main
 from tests.scripted_origin import Answer
-from tests.servers import cdn_process, free_port, wait_for_port
+from tests.servers import cdn_process, cdn_service, free_port, wait_for_port
 from tests.test_purge import AUTH, HOST, Fleet, start_fleet
 
 CACHEABLE = [("Cache-Control", "max-age=600"), ("Surrogate-Key", "page")]
@@ -68,9 +68,9 @@ def test_each_edge_worker_is_an_edge_of_its_own_and_applies_every_purge(fleet: F
 
 def test_a_worker_that_dies_is_started_again_and_sigterm_stops_them_all(fleet: Fleet) -> None:
     port = free_port()
-    with cdn_process("edge", "--origin", fleet.origin_url, "--redis", fleet.redis.url, "--id", "eu-2",
-                     "--workers", "2", "--no-access-log", port=port) as url:
-        parent = next(int(p) for p in os.listdir("/proc") if p.isdigit() and _is_edge_parent(int(p), port))
+    with cdn_service("edge", "--origin", fleet.origin_url, "--redis", fleet.redis.url, "--id", "eu-2",
+                     "--workers", "2", "--no-access-log", port=port) as (process, url):
+        parent = process.pid
         workers = wait_until(lambda: len(children(parent)) == 2 and children(parent), what="two workers")
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
@@ -83,17 +83,6 @@ def test_a_worker_that_dies_is_started_again_and_sigterm_stops_them_all(fleet: F
         wait_until(lambda: not os.path.exists(f"/proc/{parent}") or _is_zombie(parent), what="the parent exited")
         for pid in replaced:
             wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), what=f"worker {pid} exited")
-
-
-def _is_edge_parent(pid: int, port: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-        with open(f"/proc/{pid}/stat") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return False
-    return b"--workers" in argv and str(port).encode() in argv and ppid == os.getpid()
 
 
 def _is_zombie(pid: int) -> bool:
