@@ -13,8 +13,10 @@ was stored; policy decisions come from `edge.policy`, bytes from `edge.store`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
@@ -43,7 +45,7 @@ from edge.origin import OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
 from edge.shield import Decision, Shield
-from edge.store import Entry, Store
+from edge.store import Entry, Store, stored_fields_size
 from edge.upstream import Upstream
 from edge.uri import normalise_path
 from purge_api.log import EdgeInfo, PurgeLog, open_log
@@ -84,6 +86,12 @@ ALLOWED_METHODS = (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
 # the fields edges send each other): a request with any of them takes the full path.
 HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-modified-since", b"if-range",
                            b"range", b"cdn-loop", b"surrogate-capability", PURGE_POSITION.encode()})
+
+
+@functools.lru_cache(maxsize=1024)
+def field_name_bytes(name: str) -> bytes:
+    """A field name as delivered; one bytes object per name, shared by every entry."""
+    return name.encode("latin-1")
 
 
 class BadRequest(Exception):
@@ -635,11 +643,13 @@ class Edge:
         vary = tuple((n, normalise_selecting_value(n, request.headers.get_all(n))) for n in names)
         tags = surrogate_keys(stored.get_all("surrogate-key"), stored.get_all("cache-tag"))
         skip = self._strip | {"content-length", "age"}
-        wire = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.items if k not in skip]
+        # Held as long as the entry: field names shared between entries, values kept once as text and
+        # once as bytes, and no lookup index.
+        stored.items = [(sys.intern(k), v) for k, v in stored.items]
+        wire = [(field_name_bytes(k), v.encode("latin-1")) for k, v in stored.items if k not in skip]
         key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
-        header_bytes = sum(len(k) + len(v) for k, v in stored.items)
-        return Entry(key=key, url=request.url, body=body, header_bytes=header_bytes, tags=tags,
-                     meta=Stored(status, stored, freshness, vary, wire))
+        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(stored.items), tags=tags,
+                     meta=Stored(status, stored.compact(), freshness, vary, wire))
 
     def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""

@@ -1,0 +1,66 @@
+"""The store charges each entry at least the memory it really takes, so `cache_size` bounds the process.
+
+Entries are built through the edge's own miss path (`make_entry`, `put`) and measured with tracemalloc.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import tracemalloc
+
+import pytest
+
+from edge.app import ClientRequest, Edge
+from edge.headers import Headers
+from edge.settings import EdgeSettings
+
+ENTRIES = 2000
+
+
+def store_entries(fields: int, body_size: int, tags: int, count: int = ENTRIES) -> tuple[float, float]:
+    """(traced bytes per entry, charged bytes per entry) for `count` entries of this shape."""
+    settings = EdgeSettings(cache_size=1 << 40, access_log=False, metrics=False)
+    edge = Edge(settings)
+    now = time.time()
+
+    def one(number: int) -> int:
+        path = f"/objects/{number:06d}"
+        request = ClientRequest.from_scope({"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                                            "query_string": b"", "client": ("127.0.0.1", 1),
+                                            "headers": [(b"host", b"shop.example"), (b"accept", b"*/*")]}, settings)
+        raw = [(b"cache-control", b"public, max-age=3600"), (b"content-type", b"application/json"),
+               (b"etag", f'"{number:016x}"'.encode())]
+        raw += [(f"x-extra-{i}".encode(), f"value {number} {i}".encode()) for i in range(fields - len(raw))]
+        if tags:
+            raw.append((b"surrogate-key", " ".join(["products", *(f"item-{number}-{i}" for i in range(tags - 1))]).encode()))
+        entry = edge.make_entry(request, 200, Headers.from_raw(raw), bytes(bytearray(body_size)), now, now)
+        assert edge.put(request, entry, None, edge.store.purge_serial)
+        return entry.size
+
+    one(-1)  # module-level caches warmed outside the measurement
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        charged = sum(one(n) for n in range(count))
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(edge.store) == count + 1
+    return traced / count, charged / count
+
+
+@pytest.mark.parametrize(("fields", "body_size", "tags"), [
+    (3, 0, 0),      # a tiny response
+    (8, 100, 2),    # an API answer with its tags
+    (20, 1024, 6),  # many fields, many tags
+    (40, 0, 0),     # header-heavy
+])
+def test_the_store_charges_at_least_what_an_entry_takes_and_not_much_more(fields: int, body_size: int,
+                                                                          tags: int) -> None:
+    traced, charged = store_entries(fields, body_size, tags)
+    print(f"fields={fields} body={body_size} tags={tags}: traced {traced:.0f} B, charged {charged:.0f} B")
+    assert traced <= charged, f"an entry takes {traced:.0f} B but is charged {charged:.0f} B"
+    assert charged <= 1.5 * traced, f"an entry takes {traced:.0f} B but is charged {charged:.0f} B"
