@@ -46,10 +46,9 @@ class Purge:
     seq: int = 0  # its number in the log (1, 2, ...), set by the log: a reader sees any gap
 
     def to_fields(self) -> dict[str, str]:
-        data = asdict(self)
-        data["values"] = list(self.values)
-        data["fenced"] = list(self.fenced) if self.fenced is not None else None
-        del data["seq"]
+        """The log entry's fields; `seq` is the log's to give (dataclasses.asdict would copy deeply: slow)."""
+        data = {"id": self.id, "kind": self.kind, "values": self.values, "soft": self.soft,
+                "created_at": self.created_at, "version": self.version, "fenced": self.fenced, "event": self.event}
         return {"purge": json.dumps(data, separators=(",", ":"))}
 
     @classmethod

@@ -65,3 +65,14 @@ async def test_a_restarted_edge_takes_version_fences_from_the_log() -> None:
     await listener_for(log, store).sync()
     assert store.fenced("shop/p/7", ["product-7"], 4, time.time()) == 5
     assert store.fenced("shop/p/7", ["product-7"], 5, time.time()) is None
+
+
+def test_a_purge_survives_the_log_entry_with_every_field() -> None:
+    import dataclasses
+    import json
+
+    purge = Purge(id="p-1", kind="tag", values=("a", "b"), soft=True, created_at=1.5, version=7, fenced=("a",),
+                  event="product.updated", seq=12)
+    fields = purge.to_fields()
+    assert {f.name for f in dataclasses.fields(Purge)} == set(json.loads(fields["purge"])) | {"seq"}
+    assert Purge.from_fields({**fields, "seq": "12"}) == purge
