@@ -57,7 +57,7 @@ def record_fence(store: Store, purge: Purge, fence_ttl: float) -> None:
 
 # Seconds a listener waits after applying a batch before reading the next, only while purges keep
 # coming: a following edge then reads them a few at a time instead of one per round trip.
-BURST_LINGER = 0.002
+BURST_LINGER = 0.005
 
 
 class PurgeListener:
