@@ -26,10 +26,9 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -44,8 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from balancer import OriginPool, PoolSettings  # noqa: E402
 from balancer.settings import AlgorithmName  # noqa: E402
+from benchmarks.processes import HOST, Service, free_port, spawn, stop_all, wait_until_listening  # noqa: E402
 
-HOST = "127.0.0.1"
+START_TIMEOUT = 20.0
 ALGORITHMS: tuple[AlgorithmName, ...] = (
     "round_robin", "weighted_round_robin", "least_connections", "least_response_time", "resource_based", "consistent_hash")
 HEAVY_SHARE = 0.2
@@ -111,45 +111,20 @@ def serve(name: str, port: int) -> None:
                 timeout_keep_alive=600)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until_listening(process: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"origin on port {port} exited with status {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout:.0f} s")
-
-
 @contextlib.contextmanager
 def origins() -> Iterator[dict[str, str]]:
     """Every profile as a subprocess on a free port; yields name → URL; always stops them."""
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        urls = {}
-        for name in PROFILES:
-            port = free_port()
-            processes.append(subprocess.Popen([sys.executable, __file__, "--serve", name, "--port", str(port)],
-                                              stdin=subprocess.DEVNULL, start_new_session=True))
-            wait_until_listening(processes[-1], port)
-            urls[name] = f"http://{HOST}:{port}"
-        yield urls
-    finally:
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    services: list[Service] = []
+    with tempfile.TemporaryDirectory(prefix="balancer-bench-") as logs:
+        try:
+            for name in PROFILES:
+                port = free_port()
+                services.append(spawn(name, [sys.executable, __file__, "--serve", name, "--port", str(port)],
+                                      Path(logs), port))
+                wait_until_listening(services[-1:], START_TIMEOUT)
+            yield {service.name: service.url for service in services}
+        finally:
+            stop_all(services)
 
 
 # -- the load --------------------------------------------------------------------

@@ -20,7 +20,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,12 +34,15 @@ from pathlib import Path
 
 import httpx
 
-from bytes_origin import path_for
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.bytes_origin import path_for  # noqa: E402
+from benchmarks.processes import HOST, Service, ServiceStartError, free_port, spawn, wait_until_listening  # noqa: E402
+
 NGINX_CONF = HERE / "hit_bench.nginx.conf"
-HOST = "127.0.0.1"
 WRK_THREADS = 1
 WRK_CONNECTIONS = 64
 MISS_REQUESTS = 500
@@ -237,32 +239,6 @@ GOALS = (
 
 
 # -- servers ------------------------------------------------------------------
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def log_tail(log: Path, lines: int = 20) -> str:
-    """The last lines of a server's log, for an error message."""
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def wait_until_listening(name: str, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Return once `port` accepts connections; fail if the server exits or takes too long."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"{name} exited with status {process.returncode} before listening:\n{log_tail(log)}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"{name} did not listen on port {port} within {START_TIMEOUT:.0f} s:\n{log_tail(log)}")
-
-
 def session_processes(sid: int) -> dict[int, int]:
     """Live (not zombie) processes of a session, from Linux's /proc: pid -> user + system CPU ticks."""
     found = {}
@@ -300,34 +276,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-@dataclass(frozen=True)
-class Server:
-    """A running target: its base URL, its session (all its processes, for CPU accounting) and its log."""
-
-    url: str
-    sid: int
-    log: Path
-
-
 @contextlib.contextmanager
-def serving(target: Target, origin: str, scratch: Path) -> Iterator[Server]:
+def serving(target: Target, origin: str, scratch: Path) -> Iterator[Service]:
     """Run `target` on a free loopback port; yield it once it listens; always stop it."""
     workdir = scratch / re.sub(r"[^A-Za-z0-9]+", "-", target.name)
     workdir.mkdir()
     port = free_port()
-    log = workdir / "server.log"
-    with log.open("wb") as out:
-        # Its own session: Ctrl-C reaches only this script, which then stops the server itself.
-        process = subprocess.Popen(target.command(port, origin, workdir), cwd=REPO, stdin=subprocess.DEVNULL,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = spawn(target.name, target.command(port, origin, workdir), workdir, port)
     try:
-        wait_until_listening(target.name, process, port, log)
-        yield Server(f"http://{HOST}:{port}", process.pid, log)
+        wait_until_listening([server], START_TIMEOUT)
+        yield server
     finally:
-        stop(process)
+        stop(server.process)
 
 
-def warm(target: Target, server: Server) -> None:
+def warm(target: Target, server: Service) -> None:
     """Fetch each object twice; the second answer must be the whole body and, from a cache, a hit."""
     with httpx.Client(base_url=server.url, trust_env=False, timeout=WARM_TIMEOUT) as client:
         for obj in OBJECTS:
@@ -336,7 +299,7 @@ def warm(target: Target, server: Server) -> None:
                 second = client.get(obj.path)
             except httpx.HTTPError as exc:
                 raise BenchError(f"{target.name}: GET {obj.path} failed ({exc!r}); its log:\n"
-                                 f"{log_tail(server.log)}") from exc
+                                 f"{server.log_tail()}") from exc
             if second.status_code != 200 or len(second.content) != obj.size:
                 raise BenchError(f"{target.name}: GET {obj.path} gave {second.status_code} with "
                                  f"{len(second.content)} bytes, expected 200 with {obj.size}")
@@ -407,13 +370,13 @@ def parse_wrk(report: str, server_cpu_s: float) -> Load:
                 server_cpu_s * 1e6 / int(count[1]), "; ".join(errors))
 
 
-def run_wrk(server: Server, path: str, duration: int) -> Load:
+def run_wrk(server: Service, path: str, duration: int) -> Load:
     """Load `path` of `server` with wrk for `duration` seconds, counting the server's CPU time meanwhile."""
     url = server.url + path
     argv = [installed("wrk"), f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s", "--latency", url]
-    cpu_before = session_cpu_seconds(server.sid)
+    cpu_before = session_cpu_seconds(server.pid)
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=duration + 60)
-    cpu = session_cpu_seconds(server.sid) - cpu_before
+    cpu = session_cpu_seconds(server.pid) - cpu_before
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}) on {url}:\n{done.stderr or done.stdout}")
     return parse_wrk(done.stdout, cpu)
@@ -611,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ensure_programs(list(PACKAGES))
                 duration, rounds = (QUICK_DURATION, 1) if args.quick else (args.duration, args.rounds)
                 report_hits(measure_hits(duration, rounds, Path(scratch)), duration, rounds, load_at_start)
-    except BenchError as exc:
+    except (BenchError, ServiceStartError) as exc:
         print(f"hit_bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

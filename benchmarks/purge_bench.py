@@ -27,11 +27,8 @@ import contextlib
 import gc
 import json
 import os
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,11 +44,21 @@ import h11
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.processes import (  # noqa: E402
+    HOST,
+    Service,
+    ServiceStartError,
+    free_port,
+    group_cpu_seconds,
+    spawn,
+    spawn_redis,
+    stop_all,
+    wait_until_listening,
+)
 from edge.purge_listener import apply_purge  # noqa: E402
 from edge.store import ENTRY_OVERHEAD, Entry, Store  # noqa: E402
 from purge_api.log import Purge, after  # noqa: E402
 
-HOST = "127.0.0.1"
 TOKEN = "bench-token"
 ADMIN_TOKEN = "bench-admin"
 EDGES = 10
@@ -74,76 +81,7 @@ class BenchError(Exception):
     """The benchmark cannot go on; the message says why."""
 
 
-# -- processes ------------------------------------------------------------------
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Service:
-    """A process of the fleet, in its own session (so its whole group can be stopped), logging to a file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def pgid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def spawn(name: str, argv: list[str], scratch: Path, port: int | None = None) -> Service:
-    """Start `argv` in its own session; Ctrl-C reaches only this script, which then stops it."""
-    log = scratch / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    return Service(name, process, log, port)
-
-
-def wait_until_listening(service: Service, deadline: float) -> None:
-    """Return once the service's port accepts connections; fail if it exits or the deadline passes."""
-    assert service.port is not None
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise BenchError(f"{service.name} exited with status {service.process.returncode}:\n{service.log_tail()}")
-        try:
-            with socket.create_connection((HOST, service.port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"{service.name} did not listen on port {service.port} in {START_TIMEOUT:.0f} s:\n"
-                     f"{service.log_tail()}")
-
-
-def stop_all(services: Sequence[Service]) -> None:
-    """SIGTERM every process group at once, then SIGKILL whatever is left after 5 s."""
-    for service in services:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(service.pgid, signal.SIGTERM)
-            os.killpg(service.pgid, signal.SIGCONT)  # a paused edge handles SIGTERM only once continued
-    deadline = time.monotonic() + 5.0
-    for service in services:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            service.process.wait(max(0.0, deadline - time.monotonic()))
-    for service in services:
-        if service.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(service.pgid, signal.SIGKILL)
-            service.process.wait()
-
-
+# -- the fleet ------------------------------------------------------------------
 @dataclass
 class Fleet:
     """Everything the fleet measurements talk to."""
@@ -158,17 +96,12 @@ class Fleet:
 @contextlib.contextmanager
 def running_fleet(scratch: Path, api_workers: int) -> Iterator[Fleet]:
     """redis-server, the purge API, EDGES edges and EDGES baseline readers; always stopped on the way out."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server is not on PATH: run ./dev setup (it installs it)")
     services: list[Service] = []
     try:
-        port = free_port()
-        redis = spawn("redis-server", [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                                       "--dir", str(scratch), "--protected-mode", "yes"], scratch, port)
+        redis = spawn_redis("redis-server", scratch)
         services.append(redis)
-        wait_until_listening(redis, time.monotonic() + START_TIMEOUT)
-        redis_url = f"redis://{HOST}:{port}/0"
+        wait_until_listening([redis], START_TIMEOUT)
+        redis_url = f"redis://{HOST}:{redis.port}/0"
         nobody = f"http://{HOST}:{free_port()}"  # the edges are never asked for content
         api_port = free_port()
         api = spawn("purge-api", [sys.executable, "-m", "cdn", "purge-api", "--host", HOST, "--port", str(api_port),
@@ -184,25 +117,10 @@ def running_fleet(scratch: Path, api_workers: int) -> Iterator[Fleet]:
         reader = [sys.executable, __file__, "--xread-reader", redis_url, "--name"]
         readers = [spawn(f"reader-{i}", [*reader, f"reader-{i}"], scratch) for i in range(EDGES)]
         services.extend(readers)
-        deadline = time.monotonic() + START_TIMEOUT
-        for service in (api, *edges):
-            wait_until_listening(service, deadline)
+        wait_until_listening([api, *edges], START_TIMEOUT)
         yield Fleet(redis_url, redis, api, edges, readers)
     finally:
         stop_all(services[::-1])
-
-
-def group_cpu_seconds(pgids: Sequence[int]) -> dict[int, float]:
-    """CPU time of the live threads of each process group, from Linux's /proc (schedstat: nanoseconds, not ticks)."""
-    wanted = set(pgids)
-    seconds = dict.fromkeys(pgids, 0.0)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):  # a process that ended meanwhile
-            pgrp = int(stat.read_text().rsplit(")", 1)[1].split()[2])  # after "pid (comm)": state, ppid, pgrp
-            if pgrp in wanted:
-                for task in (stat.parent / "task").glob("[0-9]*/schedstat"):
-                    seconds[pgrp] += int(task.read_text().split()[0]) / 1e9
-    return seconds
 
 
 # -- a light HTTP client ------------------------------------------------------------
@@ -880,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_times = measure_apply(args.apply_rounds)
         print("  memory (tracemalloc) ...", file=sys.stderr, flush=True)
         memory = measure_memory()
-    except BenchError as exc:
+    except (BenchError, ServiceStartError) as exc:
         print(f"purge_bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

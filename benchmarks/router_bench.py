@@ -32,17 +32,17 @@ from hit_bench import (
     ORIGIN,
     BenchError,
     Load,
-    Server,
+    Target,
     cache_status_params,
-    ensure_wrk,
-    group_cpu_seconds,
-    paired_ratio,
+    ensure_programs,
     parse_wrk,
     print_table,
     serving,
+    session_cpu_seconds,
     stack_line,
-    Target,
 )
+
+from benchmarks.processes import Service
 from bytes_origin import path_for
 
 HOST_HEADER = "bench.example"  # both paths send it, so both hit the edge's one cache entry
@@ -82,13 +82,20 @@ class Run:
     router_cpu_us: float
 
 
-def run_wrk(url: str, duration: int, edge: Server, front: Server) -> Run:
+def paired_ratio(ours: Sequence[float], theirs: Sequence[float]) -> str:
+    """The median of each round's ours / theirs, with the range when there are several rounds."""
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    text = f"{statistics.median(ratios):.2f}"
+    return text + f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else text
+
+
+def run_wrk(url: str, duration: int, edge: Service, front: Service) -> Run:
     """Load `url` with wrk, counting the edge's and the router's CPU time meanwhile."""
     argv = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{duration}s", "--latency",
             "-H", f"Host: {HOST_HEADER}", "-H", f"X-Client-Region: {CLIENT_REGION}", url + OBJECT]
-    before = group_cpu_seconds(edge.pgid), group_cpu_seconds(front.pgid)
+    before = session_cpu_seconds(edge.pid), session_cpu_seconds(front.pid)
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=duration + 60)
-    edge_cpu, router_cpu = group_cpu_seconds(edge.pgid) - before[0], group_cpu_seconds(front.pgid) - before[1]
+    edge_cpu, router_cpu = session_cpu_seconds(edge.pid) - before[0], session_cpu_seconds(front.pid) - before[1]
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}) on {url}:\n{done.stderr or done.stdout}")
     load = parse_wrk(done.stdout, 0.0)
@@ -160,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = os.getloadavg()[0]
     duration, rounds = (QUICK_DURATION, 1) if args.quick else (args.duration, args.rounds)
     try:
-        ensure_wrk()
+        ensure_programs(["wrk"])
         with tempfile.TemporaryDirectory(prefix="router-bench-") as scratch:
             report(measure(duration, rounds, Path(scratch)), duration, rounds, load_at_start)
     except BenchError as exc:

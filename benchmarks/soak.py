@@ -36,10 +36,6 @@ import itertools
 import json
 import os
 import random
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,10 +49,19 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.processes import (  # noqa: E402
+    HOST,
+    Service,
+    ServiceStartError,
+    free_port,
+    spawn,
+    spawn_redis,
+    stop_all,
+    wait_until_listening,
+)
 from cdn.workload import ConnectionPool, HttpResponse, RequestFailed, Zipf, classify  # noqa: E402
 from origin_mock.assets import KINDS, asset_size  # noqa: E402
 
-HOST = "127.0.0.1"
 SITE = "soak.example"  # the Host every request carries (part of the cache key, and of purge URLs)
 TOKEN = "soak-token"
 ADMIN_TOKEN = "soak-admin"
@@ -105,71 +110,9 @@ class SoakConfig:
     progress: bool = True
 
 
-# -- processes ------------------------------------------------------------------
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Service:
-    """One process of the fleet, in its own session (so its group can be stopped), logging to a file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
+# -- the fleet ------------------------------------------------------------------
 class SoakError(Exception):
-    """The soak cannot go on (a process did not start); the message says why."""
-
-
-def spawn(name: str, argv: list[str], scratch: Path, port: int) -> Service:
-    log = scratch / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    return Service(name, process, log, port)
-
-
-def wait_until_listening(service: Service, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise SoakError(f"{service.name} exited with status {service.process.returncode}:\n{service.log_tail()}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, service.port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise SoakError(f"{service.name} did not listen on port {service.port}:\n{service.log_tail()}")
-
-
-def stop_all(services: Sequence[Service]) -> None:
-    """SIGTERM every process group, then SIGKILL what is left after 10 s."""
-    for service in services:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(service.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10.0
-    for service in services:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            service.process.wait(max(0.0, deadline - time.monotonic()))
-    for service in services:
-        if service.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(service.pid, signal.SIGKILL)
-            service.process.wait()
+    """The soak cannot go on (the edges never all became live); the message says why."""
 
 
 @dataclass
@@ -188,17 +131,12 @@ class Fleet:
 @contextlib.contextmanager
 def running_fleet(config: SoakConfig, scratch: Path) -> Iterator[Fleet]:
     """Every process started and answering; all stopped on the way out, whatever happens."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SoakError("redis-server is not on PATH: run ./dev setup (it installs it)")
     cdn = [sys.executable, "-m", "cdn"]
     services: list[Service] = []
     try:
-        port = free_port()
-        redis = spawn("redis", [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                                "--dir", str(scratch), "--protected-mode", "yes"], scratch, port)
+        redis = spawn_redis("redis", scratch)
         services.append(redis)
-        redis_url = f"redis://{HOST}:{port}/0"
+        redis_url = f"redis://{HOST}:{redis.port}/0"
         port = free_port()
         origin = spawn("origin", [*cdn, "origin", "--port", str(port), "--products", str(config.products),
                                   "--assets", str(config.assets), "--seed", str(config.seed)], scratch, port)
@@ -222,13 +160,12 @@ def running_fleet(config: SoakConfig, scratch: Path) -> Iterator[Fleet]:
                                       "--health-interval", "0.5"], scratch, port)
             services.append(router)
         deadline = time.monotonic() + START_TIMEOUT
-        for service in services:
-            wait_until_listening(service, deadline)
+        wait_until_listening(services, START_TIMEOUT)
         fleet = Fleet(redis, origin, api, edges, router)
         asyncio.run(_until_ready(fleet, deadline))
         yield fleet
     finally:
-        stop_all(services[::-1])
+        stop_all(services[::-1], grace=10.0)
 
 
 async def _until_ready(fleet: Fleet, deadline: float) -> None:
@@ -1004,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
                         warmup=args.warmup if args.warmup is not None else min(60.0, duration / 4))
     try:
         result, table = run_soak(config)
-    except SoakError as exc:
+    except (SoakError, ServiceStartError) as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
     print(table)
