@@ -352,7 +352,12 @@ class RedisPurgeLog:
         """With `replicas` set, raise NotReplicated unless that many replicas hold everything written so far."""
         if not self.replicas:
             return
-        confirmed = await self._call(self.redis.wait(self.replicas, int(self.replica_timeout * 1000)))
+        # WAIT counts the writes of its own connection: a write on the same connection, after the purge's
+        # (the master replicates in order), so that replicas holding it hold the purge too.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self.prefix}replicated", purge.id, ex=60)
+            pipe.wait(self.replicas, int(self.replica_timeout * 1000))
+            _, confirmed = await self._call(pipe.execute())
         if confirmed < self.replicas:
             raise NotReplicated(purge.id, f"purge {purge.id} is on the Redis master, but {confirmed} of {self.replicas} "
                                           f"replica(s) confirmed it within {self.replica_timeout:g} s")

@@ -7,6 +7,8 @@ given only the Sentinel URL.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,27 +207,35 @@ def test_with_replicas_required_a_purge_is_acknowledged_only_once_a_replica_hold
     (tmp_path / "replica").mkdir()
     master = RedisServer(tmp_path / "master").start()
     replica = RedisServer(tmp_path / "replica", replica_of=master).start()
+
     def in_sync() -> bool:
         return master.info("replication").get("slave0", {}).get("state") == "online"
 
     wait_until(in_sync, 15, "the replica in sync")
-    api = create_purge_api(PurgeApiSettings(redis=master.url, token=TOKEN, replicas=1, replica_timeout=0.3))
+    api = create_purge_api(PurgeApiSettings(redis=master.url, token=TOKEN, replicas=1, replica_timeout=1.0))
     try:
         with ThreadServer(api) as server, httpx.Client(timeout=10) as client:
             def purge(key: str) -> httpx.Response:
                 return client.post(server.url + "/purges", json={"kind": "tag", "values": ["product-42"]},
                                    headers={**AUTH, "Idempotency-Key": key})
 
-            assert purge("first").status_code == 202
-            replica.kill()
-            refused = purge("second")
-            assert refused.status_code == 503, refused.text
-            assert "replica" in refused.json()["error"] and refused.json()["id"].startswith("p-")
-            replica.start()
-            wait_until(in_sync, 15, "the replica back in sync")
-            retried = purge("second")
+            first = purge("first")
+            assert first.status_code == 202, first.text
+            # A replica still connected but not answering: the master has the purge, no replica does.
+            assert replica.process is not None
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                lagging = purge("lagging")
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            assert lagging.status_code == 503, lagging.text
+            assert "replica" in lagging.json()["error"] and lagging.json()["id"].startswith("p-")
+            wait_until(in_sync, 15, "the replica answering again")
+            retried = purge("lagging")
             assert retried.status_code == 202, retried.text
-            assert retried.json()["id"] == refused.json()["id"] and retried.json()["replayed"] is True
+            assert retried.json()["id"] == lagging.json()["id"] and retried.json()["replayed"] is True
+            replica.kill()
+            assert purge("replica gone").status_code == 503
     finally:
         replica.kill()
         master.kill()
