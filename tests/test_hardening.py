@@ -939,6 +939,25 @@ def test_origin_bound_limit_holds_for_a_client_that_rotates(rotation: Rotation) 
     assert refused_count >= 40 - admitted_at_most(elapsed)
 
 
+def test_a_path_rule_holds_for_a_client_that_rotates_path_spellings() -> None:
+    # A rule on every request (scope "all") to /api/: dot segments, percent-encoding and doubled dots
+    # must not spell a path the rule does not see. Raw requests: an HTTP client would clean them up.
+    origin = ScriptedOrigin()
+    origin.route("/api/p", Answer(headers=FRESH, body=b"p"))
+    rule = {"rules": [{"name": "api", "key": ["ip"], "scope": "all", "paths": ["/api/"], "rate": 5, "burst": 5}]}
+    spellings = ["/x/../api/p", "/./api/p", "/%61pi/p", "/x/%2e%2e/api/p", "/api/./p", "/x/y/../../api/p"]
+    with ThreadServer(origin) as origin_server:
+        app = create_edge(EdgeSettings(origin=origin_server.url, id="edge-s", shield=rule, access_log=False))
+        with ThreadServer(app, proxy=True) as server:
+            port = int(server.url.rsplit(":", 1)[1])
+            started = time.monotonic()
+            # One object: after the first, every spelling is a hit that only the rule at receive time can stop.
+            statuses = [exchange(port, request(target=spellings[i % len(spellings)])).status for i in range(40)]
+            elapsed = time.monotonic() - started
+    assert statuses.count(200) <= admitted_at_most(elapsed), (statuses, elapsed)
+    assert statuses.count(429) >= 40 - admitted_at_most(elapsed), statuses
+
+
 def _rotating_xff(i: int) -> tuple[str, dict[str, str]]:
     return f"/p?i={i}", {"X-Forwarded-For": f"10.0.{i // 250}.{i % 250}"}
 
