@@ -70,12 +70,34 @@ class OriginResponse:
                 self.on_close = None
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing: the edge relays Set-Cookie to its client and never holds a cookie itself."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None  # httpx would parse every Set-Cookie of every response into a jar shared by all clients
+
+
+class _ProxyClient(httpx.AsyncClient):
+    """httpx's client with the jar that keeps nothing."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, value: object) -> None:
+        pass
+
+
+_NO_COOKIES = _NoCookies()
+
+
 class HttpUpstream:
     """The edge's HTTP client: requests go only to the base URLs of configured members, never where a client points."""
 
     def __init__(self, connect_timeout: float, response_timeout: float) -> None:
         self.response_timeout = response_timeout
-        self.client = httpx.AsyncClient(
+        self.client = _ProxyClient(
             timeout=httpx.Timeout(response_timeout, connect=connect_timeout),
             # Idle connections are dropped well before common server keep-alive timeouts (Node: 5 s),
             # so a request is rarely sent on a connection the server is closing.

@@ -81,6 +81,17 @@ def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, met
     assert rig.origin.hits["/same"] == 1
 
 
+def test_the_edge_relays_set_cookie_but_never_keeps_a_cookie_itself(rig: Rig) -> None:
+    # One client's session cookie must never sit in a client the edge shares among all clients.
+    rig.origin.route("/login", Answer(headers=[("Cache-Control", "no-store"), ("Set-Cookie", "session=alice")]))
+    rig.origin.route("/next", Answer(headers=[("Cache-Control", "no-store")]))
+    assert rig.get("/login").headers["set-cookie"] == "session=alice"
+    rig.client.cookies.clear()  # the test's own client keeps it; another client asks next
+    rig.get("/next")
+    assert "cookie" not in rig.origin.last_headers()
+    assert rig.edge.upstream is not None and len(rig.edge.upstream.http.client.cookies.jar) == 0
+
+
 @pytest.mark.parametrize("cache_control", ["no-store", "private", "max-age=60, no-store"])
 def test_responses_a_shared_cache_must_not_store_are_fetched_every_time(rig: Rig, cache_control: str) -> None:
     rig.origin.route("/p", Answer(headers=[("Cache-Control", cache_control)]))
