@@ -85,6 +85,30 @@ def test_a_worker_that_dies_is_started_again_and_sigterm_stops_them_all(fleet: F
             wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), what=f"worker {pid} exited")
 
 
+def gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
+
+
+def test_a_worker_stuck_in_its_shutdown_is_killed_and_the_supervisor_exits(fleet: Fleet) -> None:
+    with cdn_service("edge", "--origin", fleet.origin_url, "--redis", fleet.redis.url, "--id", "eu-3",
+                     "--workers", "2", "--no-access-log") as (process, _):
+        workers = wait_until(lambda: len(children(process.pid)) == 2 and children(process.pid), what="two workers")
+        stuck = min(workers)
+        os.kill(stuck, signal.SIGSTOP)  # it cannot act on SIGTERM; only SIGKILL ends it
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=30) == 0  # it exits once both are gone: the stuck one after STOP_GRACE
+        assert all(wait_until(lambda pid=pid: gone(pid), what=f"worker {pid} gone") for pid in workers)
+
+
+def test_workers_die_with_their_supervisor(fleet: Fleet) -> None:
+    with cdn_service("edge", "--origin", fleet.origin_url, "--redis", fleet.redis.url, "--id", "eu-4",
+                     "--workers", "2", "--no-access-log") as (process, _):
+        workers = wait_until(lambda: len(children(process.pid)) == 2 and children(process.pid), what="two workers")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        assert all(wait_until(lambda pid=pid: gone(pid), what=f"worker {pid} gone") for pid in workers)
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
