@@ -222,11 +222,15 @@ class HttpProtocol(HttpToolsProtocol):
             return
         idle = self.loop.time() - self.body_activity
         ours = self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue)
-        if ours or idle < self.limits.body_timeout:
-            # Ours: reading is paused (the application has not taken what it has, or answers a pipelined
-            # request first), or the client waits for our 100 Continue; either way the client cannot send.
-            wait = self.limits.body_timeout - (0 if ours else idle)
-            self.body_timer = self.loop.call_later(wait, self.body_timed_out)
+        if ours:
+            # Reading is paused (the application has not taken what it has, or answers a pipelined request
+            # first), or the client waits for our 100 Continue: it cannot send, so its pause starts anew
+            # when we stop blocking it, which is seen within an eighth of the timeout.
+            self.body_activity = self.loop.time()
+            self.body_timer = self.loop.call_later(self.limits.body_timeout / 8, self.body_timed_out)
+            return
+        if idle < self.limits.body_timeout:
+            self.body_timer = self.loop.call_later(self.limits.body_timeout - idle, self.body_timed_out)
             return
         self.refuse(408, f"request body paused for more than {self.limits.body_timeout:g} s")
 
