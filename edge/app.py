@@ -159,8 +159,7 @@ class ClientRequest:
             directives=rfc.request_directives(headers),
             path=decoded,
             client_ip=client_ip,
-            loop_ids=frozenset(m.split(";")[0].strip() for m in split_list(headers.get_all("cdn-loop")))
-            if "cdn-loop" in headers else frozenset(),
+            loop_ids=frozenset(m.split(";")[0].strip() for m in split_list(headers.get_all("cdn-loop"))),
             surrogate="surrogate-capability" in headers,
         )
 
@@ -419,7 +418,7 @@ class Edge:
         return best, bool(variants)
 
     async def lookup(self, request: ClientRequest, send: Send) -> None:
-        if PURGE_POSITION in request.headers and not await self.shield_caught_up(request):
+        if not await self.shield_caught_up(request):
             # We have not applied a purge our child has: our copy may be what it purged.
             self.count("shield_bypass")
             await self.fetch(request, send, None, "bypass")
