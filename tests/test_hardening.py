@@ -5,9 +5,6 @@ scripted origin that records every request exactly as it arrived (raw target, re
 Raw-socket tests write the request bytes by hand (`tests.raw_http`). Each bad input must get a clear
 4xx (or a closed connection when the server refuses outright), reach nothing upstream, and leave the
 edge serving the next request.
-
-Tests marked `xfail(strict=True, reason="BUG: ...")` pin bugs this battery found: remove the marker
-with the fix.
 """
 
 from __future__ import annotations
@@ -51,10 +48,6 @@ SHIELD_RULE = {"rules": [{"name": "origin", "key": ["ip"], "scope": "origin", "r
 
 
 _unique = itertools.count()  # fresh paths, so cases never share cache entries
-
-
-def bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
 
 
 # -- the rig ---------------------------------------------------------------------------------
