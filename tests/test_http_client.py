@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from balancer.edge_client import EdgeClient, EdgeError
+from balancer.http_client import MAX_HEAD, BadRequestHead, HttpClient, UpstreamError, request_head
 from balancer.pool import Failure
 from tests.servers import free_port
 
@@ -66,7 +66,7 @@ class RawEdge:
         self.server.close()
 
 
-async def fetch(client: EdgeClient, base: str, method: str = "GET", **kwargs: object) -> tuple[int, bytes]:
+async def fetch(client: HttpClient, base: str, method: str = "GET", **kwargs: object) -> tuple[int, bytes]:
     response = await client.open(method, base, "/p", HOST, **kwargs)  # type: ignore[arg-type]
     try:
         return response.status, b"".join([chunk async for chunk in response.chunks()])
@@ -75,13 +75,13 @@ async def fetch(client: EdgeClient, base: str, method: str = "GET", **kwargs: ob
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[EdgeClient]:
-    edge_client = EdgeClient(connect_timeout=2.0, response_timeout=2.0)
+async def client() -> AsyncIterator[HttpClient]:
+    edge_client = HttpClient(connect_timeout=2.0, response_timeout=2.0, peer="edge")
     yield edge_client
     await edge_client.aclose()
 
 
-async def test_keep_alive_reuses_one_connection(client: EdgeClient) -> None:
+async def test_keep_alive_reuses_one_connection(client: HttpClient) -> None:
     edge = RawEdge([OK, OK, OK])
     async with edge as base:
         assert [await fetch(client, base) for _ in range(3)] == [(200, b"ok")] * 3
@@ -89,7 +89,7 @@ async def test_keep_alive_reuses_one_connection(client: EdgeClient) -> None:
     assert edge.requests[0] == b"GET /p HTTP/1.1\r\nhost: shop.example\r\n\r\n"
 
 
-async def test_bytes_past_a_response_are_never_read_as_the_next_answer(client: EdgeClient) -> None:
+async def test_bytes_past_a_response_are_never_read_as_the_next_answer(client: HttpClient) -> None:
     edge = RawEdge([b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON",
                     b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond"])
     async with edge as base:
@@ -98,7 +98,7 @@ async def test_bytes_past_a_response_are_never_read_as_the_next_answer(client: E
     assert edge.connections == 2
 
 
-async def test_stray_bytes_arriving_while_idle_close_the_connection(client: EdgeClient) -> None:
+async def test_stray_bytes_arriving_while_idle_close_the_connection(client: HttpClient) -> None:
     connections = 0
 
     async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -122,7 +122,7 @@ async def test_stray_bytes_arriving_while_idle_close_the_connection(client: Edge
     assert connections == 2
 
 
-async def test_an_idle_connection_the_edge_closed_is_replaced_for_a_repeatable_request(client: EdgeClient) -> None:
+async def test_an_idle_connection_the_edge_closed_is_replaced_for_a_repeatable_request(client: HttpClient) -> None:
     edge = RawEdge([OK, CLOSE, OK])
     async with edge as base:
         assert await fetch(client, base) == (200, b"ok")
@@ -130,11 +130,11 @@ async def test_an_idle_connection_the_edge_closed_is_replaced_for_a_repeatable_r
     assert edge.connections == 2
 
 
-async def test_a_request_that_cannot_be_repeated_is_not_repeated(client: EdgeClient) -> None:
+async def test_a_request_that_cannot_be_repeated_is_not_repeated(client: HttpClient) -> None:
     edge = RawEdge([OK, CLOSE, OK])
     async with edge as base:
         assert await fetch(client, base) == (200, b"ok")
-        with pytest.raises(EdgeError) as failed:
+        with pytest.raises(UpstreamError) as failed:
             await fetch(client, base, method="POST", replayable=False)
     assert failed.value.failure is Failure.PROTOCOL
     assert len(edge.requests) == 2
@@ -146,7 +146,7 @@ async def test_a_request_that_cannot_be_repeated_is_not_repeated(client: EdgeCli
     (b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n", b""),
     (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", b"ok"),
 ])
-async def test_bodies_are_framed_as_the_edge_says(client: EdgeClient, answer: bytes, body: bytes) -> None:
+async def test_bodies_are_framed_as_the_edge_says(client: HttpClient, answer: bytes, body: bytes) -> None:
     edge = RawEdge([answer, OK])
     async with edge as base:
         assert (await fetch(client, base))[1] == body
@@ -154,13 +154,13 @@ async def test_bodies_are_framed_as_the_edge_says(client: EdgeClient, answer: by
     assert edge.connections == 1
 
 
-async def test_a_body_delimited_by_close_is_read_to_the_end(client: EdgeClient) -> None:
+async def test_a_body_delimited_by_close_is_read_to_the_end(client: HttpClient) -> None:
     edge = RawEdge([b"HTTP/1.0 200 OK\r\n\r\nuntil the end"], close_after=True)
     async with edge as base:
         assert await fetch(client, base) == (200, b"until the end")
 
 
-async def test_head_reads_no_body_and_does_not_reuse_the_connection(client: EdgeClient) -> None:
+async def test_head_reads_no_body_and_does_not_reuse_the_connection(client: HttpClient) -> None:
     edge = RawEdge([b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", OK])
     async with edge as base:
         assert await fetch(client, base, method="HEAD") == (200, b"")
@@ -168,7 +168,7 @@ async def test_head_reads_no_body_and_does_not_reuse_the_connection(client: Edge
     assert edge.connections == 2
 
 
-async def test_a_streamed_body_is_sent_chunked_and_a_sized_one_as_is(client: EdgeClient) -> None:
+async def test_a_streamed_body_is_sent_chunked_and_a_sized_one_as_is(client: HttpClient) -> None:
     async def body() -> AsyncIterator[bytes]:
         for piece in (b"one", b"", b"two"):
             yield piece
@@ -181,7 +181,7 @@ async def test_a_streamed_body_is_sent_chunked_and_a_sized_one_as_is(client: Edg
     assert edge.requests[1].endswith(b"content-length: 6\r\n\r\nonetwo")
 
 
-async def test_an_early_answer_stops_the_upload_and_is_delivered(client: EdgeClient) -> None:
+async def test_an_early_answer_stops_the_upload_and_is_delivered(client: HttpClient) -> None:
     async def endless() -> AsyncIterator[bytes]:
         while True:
             yield b"x" * 65536
@@ -209,18 +209,18 @@ async def test_an_early_answer_stops_the_upload_and_is_delivered(client: EdgeCli
     (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx", Failure.PROTOCOL),
     (CLOSE, Failure.PROTOCOL),
 ])
-async def test_answers_that_are_not_http_are_protocol_failures(client: EdgeClient, answer: bytes,
+async def test_answers_that_are_not_http_are_protocol_failures(client: HttpClient, answer: bytes,
                                                                failure: Failure) -> None:
     async with RawEdge([answer]) as base:
-        with pytest.raises(EdgeError) as failed:
+        with pytest.raises(UpstreamError) as failed:
             await fetch(client, base)
     assert failed.value.failure is failure
 
 
-async def test_a_body_cut_short_fails_while_reading(client: EdgeClient) -> None:
+async def test_a_body_cut_short_fails_while_reading(client: HttpClient) -> None:
     async with RawEdge([b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"], close_after=True) as base:
         response = await client.open("GET", base, "/p", HOST)
-        with pytest.raises(EdgeError) as failed:
+        with pytest.raises(UpstreamError) as failed:
             async for _ in response.chunks():
                 pass
         await response.close()
@@ -228,7 +228,7 @@ async def test_a_body_cut_short_fails_while_reading(client: EdgeClient) -> None:
 
 
 async def test_refused_and_silent_edges_are_connect_and_timeout_failures() -> None:
-    client = EdgeClient(connect_timeout=1.0, response_timeout=0.3)
+    client = HttpClient(connect_timeout=1.0, response_timeout=0.3, peer="edge")
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(5)
@@ -236,12 +236,55 @@ async def test_refused_and_silent_edges_are_connect_and_timeout_failures() -> No
     port = free_port()
     server = await asyncio.start_server(silent, "127.0.0.1", port)
     try:
-        with pytest.raises(EdgeError) as refused:
+        with pytest.raises(UpstreamError) as refused:
             await client.open("GET", f"http://127.0.0.1:{free_port()}", "/", HOST)
-        with pytest.raises(EdgeError) as silence:
+        with pytest.raises(UpstreamError) as silence:
             await client.open("GET", f"http://127.0.0.1:{port}", "/", HOST)
     finally:
         server.close()
         await client.aclose()
     assert refused.value.failure is Failure.CONNECT
     assert silence.value.failure is Failure.TIMEOUT
+
+
+async def test_a_response_head_larger_than_the_limit_is_a_protocol_failure(client: HttpClient) -> None:
+    huge = b"HTTP/1.1 200 OK\r\n" + b"x-pad: " + b"a" * MAX_HEAD + b"\r\ncontent-length: 2\r\n\r\nok"
+    async with RawEdge([huge]) as base:
+        with pytest.raises(UpstreamError) as failed:
+            await fetch(client, base)
+    assert failed.value.failure is Failure.PROTOCOL
+    assert "larger than" in failed.value.message
+
+
+async def test_a_whole_body_is_sent_after_the_head(client: HttpClient) -> None:
+    edge = RawEdge([OK])
+    async with edge as base:
+        response = await client.open("POST", base, "/p", [*HOST, (b"content-length", b"3")], b"a=1")
+        await response.close()
+    assert edge.requests[0] == b"POST /p HTTP/1.1\r\nhost: shop.example\r\ncontent-length: 3\r\n\r\na=1"
+
+
+@pytest.mark.parametrize(("target", "fields"), [
+    ("/a b", HOST),
+    ("/a\r\nx-injected: 1", HOST),
+    ("", HOST),
+    ("/caf\u00e9\u20ac", HOST),
+    ("/p", [(b"x-note", b"one\r\nx-injected: 1")]),
+    ("/p", [(b"x-note", b"bare\nnewline")]),
+    ("/p", [(b"x-note", b"nul\0")]),
+    ("/p", [(b"x-note\r\nx-injected", b"1")]),
+])
+async def test_a_request_that_would_break_the_framing_is_refused_before_sending(client: HttpClient, target: str,
+                                                                               fields: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(BadRequestHead):
+        request_head("GET", target, fields)
+    edge = RawEdge([OK])
+    async with edge as base:
+        with pytest.raises(BadRequestHead):
+            await client.open("GET", base, target, fields)
+    assert edge.connections == 0
+
+
+def test_a_valid_request_head_is_sent_as_given() -> None:
+    assert request_head("GET", "/p?q=%20", [(b"host", b"a"), (b"x-obs", b"caf\xe9")], b"transfer-encoding: chunked\r\n") \
+        == b"GET /p?q=%20 HTTP/1.1\r\nhost: a\r\nx-obs: caf\xe9\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -1,16 +1,19 @@
-"""The front door's HTTP/1.1 client toward its edges: keep-alive connections, bodies streamed both ways.
+"""The HTTP/1.1 client of the front door (toward edges) and of the edge (toward parents and origins).
 
-Every request through the front door makes one request to an edge, so this is
-its hot path. httpx spends milliseconds of CPU per request on a small machine
-(its connection pool alone scans every connection per request), far more than
-an edge's cache hit costs; this client is an asyncio protocol around the
-httptools parser that uvicorn also uses. It speaks only what edges need:
-one request at a time per connection, Content-Length or chunked bodies.
+Keep-alive connections, bodies streamed both ways. Every request through the
+front door makes one request to an edge, and every edge miss one to an origin,
+so this is on both hot paths. httpx spends about a millisecond of CPU per
+request on a small machine (its URL model, h11, anyio, and a pool that scans
+every connection per request), more than the rest of an edge's miss; this
+client is an asyncio protocol around the httptools parser that uvicorn also
+uses. It speaks only what a proxy needs: one request at a time per connection,
+Content-Length or chunked bodies, interim (1xx) responses skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -22,14 +25,16 @@ import httptools
 from balancer.pool import Failure
 
 IDLE_EXPIRY = 2.0  # seconds an idle connection is kept: well before common server keep-alive timeouts (Node: 5 s)
-MAX_IDLE_PER_EDGE = 128
-READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the edge is asked to pause
-READ_SIZE_HINT = 64 * 1024
+MAX_IDLE_PER_SERVER = 128
+MAX_HEAD = 100 * 1024  # bytes of a response's status line and fields, as httpx allowed
+READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the server is asked to pause
 NO_BODY_STATUSES = frozenset({204, 304})
+# A request target is sent as given: it must not be able to end the request line early.
+BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 
-class EdgeError(Exception):
-    """No usable response from an edge; `failure` says what kind of failure it was."""
+class UpstreamError(Exception):
+    """No usable response from the server; `failure` says what kind of failure it was."""
 
     def __init__(self, failure: Failure, message: str) -> None:
         super().__init__(message)
@@ -37,8 +42,16 @@ class EdgeError(Exception):
         self.message = message
 
 
+class BadRequestHead(ValueError):
+    """The request cannot be sent as given: a target or field that would break HTTP's framing."""
+
+
 class _StrayBytes(Exception):
-    """The edge sent bytes past the end of its response."""
+    """The server sent bytes past the end of its response."""
+
+
+class _HeadTooLarge(Exception):
+    """The response's head is larger than MAX_HEAD."""
 
 
 @lru_cache(maxsize=256)
@@ -48,12 +61,32 @@ def _address(base: str) -> tuple[str, int, bool]:
     return parts.hostname or "", parts.port or (443 if secure else 80), secure
 
 
-class EdgeConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to an edge, carrying one request at a time."""
+def request_head(method: str, target: str, headers: list[tuple[bytes, bytes]], trailer: bytes = b"") -> bytes:
+    """The request line and fields; BadRequestHead when a target or field would break the framing."""
+    try:
+        raw_target = target.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadRequestHead(f"request target is not Latin-1: {target!r}") from None
+    if not raw_target or BAD_TARGET.search(raw_target):
+        raise BadRequestHead(f"request target has a control character or space: {target!r}")
+    lines = [b"%b %b HTTP/1.1\r\n" % (method.encode("ascii"), raw_target)]
+    lines += [b"%b: %b\r\n" % field for field in headers]
+    lines.append(trailer)
+    lines.append(b"\r\n")
+    head = b"".join(lines)
+    # Every line ends in CRLF, so any other CR, LF or NUL came inside a name or value.
+    if head.count(b"\n") != len(lines) - (trailer == b"") or head.count(b"\r") != head.count(b"\n") or b"\0" in head:
+        raise BadRequestHead("a request field has a CR, LF or NUL in it")
+    return head
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int, bool]) -> None:
+
+class Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a server, carrying one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int, bool], peer: str) -> None:
         self.loop = loop
         self.key = key
+        self.peer = peer
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.busy = False
@@ -69,6 +102,7 @@ class EdgeConnection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
+        self.head_size = 0
         self.complete = False
         self.until_close = False  # no length given: the body ends when the connection does
         self.pieces: list[bytes] = []
@@ -92,7 +126,7 @@ class EdgeConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             self.reusable = False
             if not isinstance(exc.__context__, _StrayBytes):
-                self.error = exc
+                self.error = exc.__context__ if isinstance(exc.__context__, _HeadTooLarge) else exc
         except httptools.HttpParserError as exc:
             self.reusable = False
             self.error = exc
@@ -126,8 +160,17 @@ class EdgeConnection(asyncio.Protocol):
         if self.complete:
             raise _StrayBytes()
 
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         self.headers.append((name.lower(), value))
+
+    def _count_head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > MAX_HEAD:
+            raise _HeadTooLarge(f"response head larger than {MAX_HEAD} bytes")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -159,21 +202,23 @@ class EdgeConnection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    async def send(self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool, timeout: float) -> None:
-        """Write the request head and stream the body (chunk-framed when its length is unknown).
+    async def send(self, head: bytes, body: bytes | AsyncIterable[bytes] | None, chunked: bool,
+                   timeout: float) -> None:
+        """Write the request head and the body: whole, or streamed (chunk-framed when its length is unknown).
 
-        Waiting for the client's body has no limit here (the server's own applies); an edge that
+        Waiting for the client's body has no limit here (the server's own applies); a server that
         stops taking the body for `timeout` seconds is a timeout.
         """
         assert self.transport is not None
         self.busy = True
         self._start_response()
-        self.transport.write(head)
-        if body is None:
+        if body is None or isinstance(body, bytes):
+            self.transport.write(head + body if body else head)
             return
+        self.transport.write(head)
         async for chunk in body:
             if self.head_done or self.closed:
-                # The edge answered or hung up before taking the whole body (a 413, say): its answer,
+                # The server answered or hung up before taking the whole body (a 413, say): its answer,
                 # if any, is what counts, and the connection is left mid-request.
                 self.reusable = False
                 return
@@ -189,16 +234,17 @@ class EdgeConnection(asyncio.Protocol):
         """Wait until the response's status line and fields have arrived."""
         while not self.head_done:
             if self.error is not None:
-                raise EdgeError(Failure.PROTOCOL, f"edge answered with something that is not HTTP: {self.error}")
+                raise UpstreamError(Failure.PROTOCOL, f"{self.peer} answered with something that is not HTTP: "
+                                                      f"{self.error}")
             if self.closed or not self.reusable and not self.received:
-                raise ConnectionResetError("edge closed the connection without a response")
+                raise ConnectionResetError(f"{self.peer} closed the connection without a response")
             await self._wait()
         if not 100 <= self.status <= 599:  # RFC 9110 §15: three digits, the first 1 to 5
             self.reusable = False
-            raise EdgeError(Failure.PROTOCOL, f"edge sent an invalid status code {self.status}")
+            raise UpstreamError(Failure.PROTOCOL, f"{self.peer} sent an invalid status code {self.status}")
 
     async def body(self, timeout: float) -> AsyncIterator[bytes]:
-        """The response body as it arrives; EdgeError if it is cut short or stalls for `timeout` seconds."""
+        """The response body as it arrives; UpstreamError if it is cut short or stalls for `timeout` seconds."""
         while True:
             if self.pieces:
                 pieces, self.pieces, self.buffered = self.pieces, [], 0
@@ -211,17 +257,17 @@ class EdgeConnection(asyncio.Protocol):
             if self.complete:
                 return
             if self.error is not None:
-                raise EdgeError(Failure.PROTOCOL, f"edge sent a malformed body: {self.error}")
+                raise UpstreamError(Failure.PROTOCOL, f"{self.peer} sent a malformed body: {self.error}")
             if self.closed:
                 if self.until_close:
                     self.complete = True
                     return
-                raise EdgeError(Failure.PROTOCOL, "edge closed the connection before the body was complete")
+                raise UpstreamError(Failure.PROTOCOL, f"{self.peer} closed the connection before the body was complete")
             try:
                 async with asyncio.timeout(timeout):
                     await self._wait()
             except TimeoutError:
-                raise EdgeError(Failure.TIMEOUT, f"edge sent no body data for {timeout}s") from None
+                raise UpstreamError(Failure.TIMEOUT, f"{self.peer} sent no body data for {timeout}s") from None
 
     def close(self) -> None:
         """Close the connection (it is never reused after)."""
@@ -236,15 +282,16 @@ async def _nothing() -> AsyncIterator[bytes]:
     yield b""  # an async generator that yields nothing
 
 
-class EdgeResponse:
-    """An edge's response: status and fields now, the body to be read with `chunks()`; always `close()` it."""
+class Response:
+    """A server's response: status and fields (names in lower case) now, the body to be read with
+    `chunks()`; always `close()` it."""
 
     __slots__ = ("status", "raw_headers", "_connection", "_client", "_timeout", "_head_only")
 
-    def __init__(self, connection: EdgeConnection, client: EdgeClient, timeout: float, head_only: bool) -> None:
+    def __init__(self, connection: Connection, client: HttpClient, timeout: float, head_only: bool) -> None:
         self.status = connection.status
         self.raw_headers = connection.headers
-        self._connection: EdgeConnection | None = connection
+        self._connection: Connection | None = connection
         self._client = client
         self._timeout = timeout
         self._head_only = head_only
@@ -273,33 +320,33 @@ class EdgeResponse:
             self._client.release(connection)
 
 
-class EdgeClient:
-    """Keep-alive connections to edges, at most `MAX_IDLE_PER_EDGE` idle ones each."""
+class HttpClient:
+    """Keep-alive connections to servers, at most `MAX_IDLE_PER_SERVER` idle ones each.
 
-    def __init__(self, connect_timeout: float, response_timeout: float) -> None:
+    `peer` names the servers in error messages ("edge", "origin").
+    """
+
+    def __init__(self, connect_timeout: float, response_timeout: float, peer: str = "server") -> None:
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
-        self._idle: dict[tuple[str, int, bool], list[EdgeConnection]] = {}
-        self._busy: set[EdgeConnection] = set()
+        self.peer = peer
+        self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
+        self._busy: set[Connection] = set()
         self._tls: ssl.SSLContext | None = None
 
     async def open(self, method: str, base: str, target: str, headers: list[tuple[bytes, bytes]],
-                   body: AsyncIterable[bytes] | None = None, chunked: bool = False,
-                   replayable: bool = True) -> EdgeResponse:
-        """Send a request to the edge at `base`; return once the response headers arrived.
+                   body: bytes | AsyncIterable[bytes] | None = None, chunked: bool = False,
+                   replayable: bool = True) -> Response:
+        """Send a request to the server at `base`; return once the response headers arrived.
 
         `headers` must carry Host and any Content-Length; with `chunked` the body
         is sent chunk-framed. A reused connection that turns out closed before any
         response byte is replaced once by a new one when the request is safe to
         repeat (`replayable`: idempotent, and its body can be sent again).
+        BadRequestHead when the target or a field cannot be sent.
         """
         key = _address(base)
-        lines = [b"%b %b HTTP/1.1\r\n" % (method.encode("ascii"), target.encode("latin-1"))]
-        lines += [b"%b: %b\r\n" % field for field in headers]
-        if chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+        head = request_head(method, target, headers, b"transfer-encoding: chunked\r\n" if chunked else b"")
         for fresh in (False, True):
             connection = await self._acquire(key, fresh)
             reused = connection.idle_since > 0
@@ -309,19 +356,21 @@ class EdgeClient:
                     await connection.read_head()
             except TimeoutError:
                 self._discard(connection)
-                raise EdgeError(Failure.TIMEOUT, f"edge did not answer within {self.response_timeout}s") from None
+                raise UpstreamError(Failure.TIMEOUT, f"{self.peer} did not answer within {self.response_timeout}s") \
+                    from None
             except (ConnectionError, OSError) as exc:
                 self._discard(connection)
                 if reused and not connection.received and replayable and not fresh:
-                    continue  # the edge closed an idle connection as we reused it: safe to repeat once
-                raise EdgeError(Failure.PROTOCOL, f"edge connection failed: {exc or type(exc).__name__}") from None
+                    continue  # the server closed an idle connection as we reused it: safe to repeat once
+                raise UpstreamError(Failure.PROTOCOL, f"{self.peer} connection failed: {exc or type(exc).__name__}") \
+                    from None
             except BaseException:
                 self._discard(connection)
                 raise
-            return EdgeResponse(connection, self, self.response_timeout, method == "HEAD")
+            return Response(connection, self, self.response_timeout, method == "HEAD")
         raise AssertionError("unreachable")  # the second try returns or raises
 
-    async def _acquire(self, key: tuple[str, int, bool], fresh: bool) -> EdgeConnection:
+    async def _acquire(self, key: tuple[str, int, bool], fresh: bool) -> Connection:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle and not fresh:
@@ -336,27 +385,29 @@ class EdgeClient:
             self._tls = ssl.create_default_context()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, connection = await loop.create_connection(lambda: EdgeConnection(loop, key), host, port,
+                _, connection = await loop.create_connection(lambda: Connection(loop, key, self.peer), host, port,
                                                              ssl=self._tls if secure else None)
         except TimeoutError:
-            raise EdgeError(Failure.CONNECT, f"no connection to the edge within {self.connect_timeout}s") from None
+            raise UpstreamError(Failure.CONNECT, f"no connection to the {self.peer} within {self.connect_timeout}s") \
+                from None
         except OSError as exc:
-            raise EdgeError(Failure.CONNECT, f"edge refused the connection: {exc.strerror or exc}") from None
+            raise UpstreamError(Failure.CONNECT, f"{self.peer} refused the connection: {exc.strerror or exc}") \
+                from None
         self._busy.add(connection)
         return connection
 
-    def release(self, connection: EdgeConnection) -> None:
+    def release(self, connection: Connection) -> None:
         """Keep the connection for the next request if its last exchange ended cleanly."""
         self._busy.discard(connection)
         connection.busy = False
         idle = self._idle.setdefault(connection.key, [])
-        if not connection.complete or not connection.reusable or connection.closed or len(idle) >= MAX_IDLE_PER_EDGE:
+        if not connection.complete or not connection.reusable or connection.closed or len(idle) >= MAX_IDLE_PER_SERVER:
             connection.close()
             return
         connection.idle_since = time.monotonic()
         idle.append(connection)
 
-    def _discard(self, connection: EdgeConnection) -> None:
+    def _discard(self, connection: Connection) -> None:
         self._busy.discard(connection)
         connection.close()
 
