@@ -87,6 +87,9 @@ HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-m
                            b"range", b"cdn-loop", b"surrogate-capability", PURGE_POSITION.encode()})
 
 
+HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
+
+
 @functools.lru_cache(maxsize=1024)
 def field_name_bytes(name: str) -> bytes:
     """A field name as delivered; one bytes object per name, shared by every entry."""
@@ -206,6 +209,8 @@ class Edge:
         self.counters: dict[str, int] = {}
         self._via = f"1.1 {settings.id}"
         self._served_by = (b"x-served-by", f"{settings.id}; region={settings.region}".encode())
+        self._status_id = self.id.encode()  # the first member of our Cache-Status entries
+        self._hit_keys: dict[tuple[bytes, bytes | str, bytes | None], str] = {}
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
         self.metrics = EdgeMetrics(self)
@@ -374,26 +379,42 @@ class Edge:
                 return False
         if host is None:
             return False
-        try:
-            key = valid_host(host.decode("latin-1"), self.settings) + request_target(scope)[0]
-        except BadRequest:
+        key = self.hit_key(host, scope)
+        if key is None:
             return False  # the full path refuses it
-        variants = self.store.variants(key)
-        if len(variants) != 1:
+        entry = self.store.only_variant(key)
+        if entry is None:
             return False
-        entry = variants[0]
         meta: Stored = entry.meta
+        freshness = meta.freshness
         now = time.time()
-        if meta.vary or rfc.reuse(meta.freshness, rfc.EMPTY_DIRECTIVES, now, entry.soft_purged) is not rfc.Reuse.FRESH:
+        age = freshness.age(now)
+        # rfc.reuse for a request without directives: FRESH exactly when this holds.
+        if meta.vary or freshness.no_cache or entry.soft_purged or freshness.lifetime - age <= 0:
             return False
         self.store.touch(entry)
-        self.count("hit")
+        counters = self.counters
+        counters["hit"] = counters.get("hit", 0) + 1
         body = entry.body if scope["method"] == "GET" else b""
-        headers = [*meta.wire, (b"content-length", str(len(entry.body)).encode()), *self.hit_fields(meta, now, "hit")]
-        self.count("served_bytes_cache", len(body))
+        counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
+        headers = [*meta.wire, (b"content-length", b"%d" % len(entry.body)), *self.hit_fields(meta, now, "hit", age=age)]
         await send({"type": "http.response.start", "status": meta.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
+
+    def hit_key(self, host: bytes, scope: Scope) -> str | None:
+        """The cache key of a fast-path request (None: refused), remembered for the hosts and targets seen last."""
+        raw = (host, scope.get("raw_path") or scope["path"], scope.get("query_string"))
+        key = self._hit_keys.get(raw)
+        if key is None:
+            try:
+                key = valid_host(host.decode("latin-1"), self.settings) + request_target(scope)[0]
+            except BadRequest:
+                return None
+            if len(self._hit_keys) >= HIT_KEYS:
+                self._hit_keys.clear()  # a flood of distinct targets costs at most one rebuild per HIT_KEYS
+            self._hit_keys[raw] = key
+        return key
 
     async def shield_caught_up(self, request: ClientRequest) -> bool:
         """As a parent: have we applied every purge the child asking us has? Wait a little if not."""
@@ -893,20 +914,20 @@ class Edge:
         await send({"type": "http.response.body", "body": body})
 
     def hit_fields(self, meta: Stored, now: float, hit: str | None, detail: str | None = None,
-                   fwd: str | None = None) -> list[tuple[bytes, bytes]]:
-        """Age, Cache-Status (RFC 9211) and X-Served-By of an answer from the cache."""
-        age = meta.freshness.age(now)
+                   fwd: str | None = None, age: float | None = None) -> list[tuple[bytes, bytes]]:
+        """Age, Cache-Status (RFC 9211) and X-Served-By of an answer from the cache (`age`: at `now`, if known)."""
+        if age is None:
+            age = meta.freshness.age(now)
         ttl = meta.freshness.lifetime - age
-        status_parts = [self.id]
+        status = self._status_id
         if hit:
-            status_parts.append(hit)
+            status += b"; " + hit.encode()
         if fwd:
-            status_parts.append(fwd)
-        status_parts.append(f"ttl={int(ttl)}" if ttl > -1e9 else "ttl=0")
+            status += b"; " + fwd.encode()
+        status += b"; ttl=%d" % (ttl if ttl > -1e9 else 0)
         if detail:
-            status_parts.append(f"detail={detail}")
-        return [(b"age", str(int(min(age, 2**31))).encode()), (b"cache-status", "; ".join(status_parts).encode()),
-                self._served_by]
+            status += b"; detail=" + detail.encode()
+        return [(b"age", b"%d" % min(age, 2**31)), (b"cache-status", status), self._served_by]
 
     @staticmethod
     def if_range_holds(request: ClientRequest, meta: Stored) -> bool:

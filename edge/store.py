@@ -100,6 +100,15 @@ class Store:
             return list(found.values())
         return [e for e in list(found.values()) if self.current(e) is not None]
 
+    def only_variant(self, url: str) -> Entry | None:
+        """The stored entry of `url` when it is the only variant purges left in place, else None."""
+        found = self._by_url.get(url)
+        if not found or len(found) != 1:
+            return None
+        for entry in found.values():
+            return self.current(entry) if self._tag_marks else entry
+        return None
+
     def current(self, entry: Entry) -> Entry | None:
         """`entry` as tag purges left it: None (and deleted) after a hard one, marked stale after a soft one."""
         if entry.tags and self._tag_marks:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from edge import app as app_module
 from edge.app import Edge, create_app
 from edge.settings import EdgeSettings
 from tests.scripted_origin import Answer, ScriptedOrigin
@@ -79,6 +80,25 @@ def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, met
         (k, v) for k, v in full.headers.multi_items() if k not in unstable]
     assert status_of(plain).split("; ttl=")[0] == status_of(full).split("; ttl=")[0]
     assert rig.origin.hits["/same"] == 1
+
+
+def test_the_fast_path_keys_each_host_and_target_apart_and_refuses_what_the_full_path_refuses() -> None:
+    edge = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t", allowed_hosts=["a.example", "b.example"]))
+
+    def key(host: bytes, raw_path: bytes | None, query: bytes = b"", path: str = "/") -> str | None:
+        return edge.hit_key(host, {"path": path, "raw_path": raw_path, "query_string": query})
+
+    assert key(b"A.example", b"/x") == "a.example/x"  # Host is case-insensitive (RFC 9110 §7.2)
+    assert key(b"b.example", b"/x") == "b.example/x"
+    assert key(b"a.example", b"/x", b"v=2") == "a.example/x?v=2"
+    assert key(b"a.example", b"/a/../x") == "a.example/x"  # keyed in normal form, as the full path does
+    assert key(b"a.example", None, path="/y") == "a.example/y"  # a server that gives no raw_path
+    assert key(b"a.example", None, path="/z") == "a.example/z"
+    assert key(b"c.example", b"/x") is None  # not served here
+    assert key(b"c.example", b"/x") is None  # and not remembered as served
+    for i in range(app_module.HIT_KEYS + 10):
+        key(b"a.example", b"/n%d" % i)
+    assert len(edge._hit_keys) <= app_module.HIT_KEYS
 
 
 def test_the_edge_relays_set_cookie_but_never_keeps_a_cookie_itself(rig: Rig) -> None:
