@@ -16,7 +16,6 @@ import asyncio
 import functools
 import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
@@ -87,6 +86,7 @@ HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-m
                            b"range", b"cdn-loop", b"surrogate-capability", PURGE_POSITION.encode()})
 
 
+UNKEPT = frozenset({"content-length", "age"})  # stored fields an entry does not keep
 HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
 
 
@@ -168,13 +168,22 @@ class ClientRequest:
 
 @dataclass(slots=True)
 class Stored:
-    """What the request path keeps beside an entry's body (the store's `Entry.meta`)."""
+    """What the request path keeps beside an entry's body (the store's `Entry.meta`).
+
+    The stored fields are held once, as the bytes a hit sends: `wire`, plus the few a hit
+    does not send in `held`. `headers` reads them as text for the rest of the request path.
+    """
 
     status: int
-    headers: Headers  # the stored response's end-to-end fields
     freshness: rfc.Freshness
     vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
     wire: list[tuple[bytes, bytes]]  # delivery fields, prepared once: no Age, Content-Length or targeted fields
+    held: tuple[tuple[bytes, bytes], ...] = ()  # stored fields a hit does not deliver (targeted and tag fields)
+
+    @property
+    def headers(self) -> Headers:
+        """The stored response's end-to-end fields (but Age and Content-Length), built on each call."""
+        return Headers.from_stored(self.wire, self.held)
 
 
 def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -661,14 +670,16 @@ class Edge:
         names = parse_vary(stored.get_all("vary")) or ()
         vary = tuple((n, normalise_selecting_value(n, request.headers.get_all(n))) for n in names)
         tags = surrogate_keys(stored.get_all("surrogate-key"), stored.get_all("cache-tag"))
-        skip = self._strip | {"content-length", "age"}
-        # Held as long as the entry: field names shared between entries, values kept once as text and
-        # once as bytes, and no lookup index.
-        stored.items = [(sys.intern(k), v) for k, v in stored.items]
-        wire = [(field_name_bytes(k), v.encode("latin-1")) for k, v in stored.items if k not in skip]
+        # Held as long as the entry, once: as the bytes a hit delivers (names shared between entries).
+        # Content-Length is the body's, and Age is worked out from `freshness`: neither is kept.
+        wire: list[tuple[bytes, bytes]] = []
+        held: list[tuple[bytes, bytes]] = []
+        for k, v in stored.items:
+            if k not in UNKEPT:
+                (held if k in self._strip else wire).append((field_name_bytes(k), v.encode("latin-1")))
         key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
-        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(stored.items), tags=tags,
-                     meta=Stored(status, stored.compact(), freshness, vary, wire))
+        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(wire) + stored_fields_size(held),
+                     tags=tuple(tags), meta=Stored(status, freshness, vary, wire, tuple(held) if held else ()))
 
     def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""
@@ -882,7 +893,8 @@ class Edge:
         """Answer from a stored entry: 304 to a matching conditional, 206/416 to a range, else the whole."""
         meta: Stored = entry.meta
         extra = self.hit_fields(meta, now, hit, detail, fwd)
-        if meta.status == 200 and rfc.not_modified(request.headers, meta.headers, meta.freshness.response_time):
+        if (meta.status == 200 and ("if-none-match" in request.headers or "if-modified-since" in request.headers)
+                and rfc.not_modified(request.headers, meta.headers, meta.freshness.response_time)):
             headers = [(k, v) for k, v in meta.wire if k.decode("latin-1") in rfc.NOT_MODIFIED_FIELDS]
             await send({"type": "http.response.start", "status": 304, "headers": headers + extra})
             await send({"type": "http.response.body", "body": b""})

@@ -7,6 +7,7 @@ header line) and returns a defined answer for any input, however malformed.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,12 @@ DELTA_SECONDS_MAX = 2**31
 
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _DIGITS = re.compile(r"[0-9]+\Z")
+
+
+@functools.lru_cache(maxsize=1024)
+def field_name_text(name: bytes) -> str:
+    """A stored field name as text: one str per name, shared by every entry."""
+    return name.decode("latin-1")
 
 
 class Headers:
@@ -51,6 +58,11 @@ class Headers:
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
         """From ASGI/httpx byte pairs; surrounding whitespace is not part of a value (RFC 9110 §5.5)."""
         return cls._of([(k.decode("latin-1").lower(), v.decode("latin-1").strip(" \t")) for k, v in raw])
+
+    @classmethod
+    def from_stored(cls, *parts: Iterable[tuple[bytes, bytes]]) -> Headers:
+        """From byte pairs the edge stored itself: names already in lower case, values already trimmed."""
+        return cls._of([(field_name_text(k), v.decode("latin-1")) for part in parts for k, v in part])
 
     def fields(self) -> dict[str, list[str]]:
         """Name -> its values in order; read-only."""

@@ -8,7 +8,7 @@ delete, purge) goes through `_unlink`, so the indexes stay exact.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,17 +16,19 @@ from cachetools import Cache, LRUCache
 
 # What an entry costs in memory beyond its body, as measured with tracemalloc through the edge's own
 # miss path (tests/test_store_memory.py keeps these at or above the real cost): per entry the Entry,
-# its metadata and key, the LRU's links and the URL index; per tag, the tag set and its index entry.
-ENTRY_OVERHEAD = 1100
-TAG_OVERHEAD = 400
-# Per stored header field: its (name, value) text pair and the (name, value) bytes pair delivered, with
-# their tuples and list slots; the value's characters are held twice, the (shared) name's not at all.
-FIELD_OVERHEAD = 220
+# its metadata and key, the LRU's links and the URL index; per tag, its index entry and its share of a tag set.
+ENTRY_OVERHEAD = 900
+TAG_OVERHEAD = 220
+# Per stored header field: its (name, value) bytes pair, with its tuple and list slot; the (shared)
+# name's characters are not counted, the value's are.
+FIELD_OVERHEAD = 110
 
 
-def stored_fields_size(items: list[tuple[str, str]]) -> int:
+def stored_fields_size(fields: Iterable[tuple[bytes, bytes]]) -> int:
     """Memory the header fields of one entry take, as the store charges it."""
-    return sum(FIELD_OVERHEAD + 2 * len(v) for _, v in items)
+    return sum(FIELD_OVERHEAD + len(v) for _, v in fields)
+
+
 # Purges remembered to judge responses that were being fetched while they were applied.
 RECENT_PURGES = 4096
 
@@ -39,7 +41,7 @@ class Entry:
     url: str  # the URL key all variants of a resource share
     body: bytes
     header_bytes: int
-    tags: frozenset[str] = frozenset()
+    tags: Collection[str] = ()  # a tuple: a frozenset of two costs 216 bytes, a tuple 56
     meta: Any = None
     soft_purged: bool = False
     serial: int = 0  # the store's purge serial when it was stored
@@ -73,8 +75,10 @@ class Store:
         self.capacity = capacity
         self.max_object_size = min(max_object_size, capacity)
         self._lru = _EvictingLRU(capacity, self._unlink)
-        self._by_url: dict[str, dict[str, Entry]] = {}
-        self._by_tag: dict[str, set[str]] = {}
+        # The indexes hold a lone member as itself, and a set or dict only from the second one on:
+        # most URLs have one variant and many tags one entry, and an empty dict or set costs 200 bytes.
+        self._by_url: dict[str, Entry | dict[str, Entry]] = {}  # url -> its variant, or key -> variant
+        self._by_tag: dict[str, str | set[str]] = {}  # tag -> the key of its entry, or the keys
         self.evictions = 0
         # Every purge gets a serial; a fetch notes the serial when it starts, and what it brings
         # back is not stored if a hard purge since then matches it (stored as already stale for
@@ -94,20 +98,33 @@ class Store:
     def variants(self, url: str) -> list[Entry]:
         """Every stored variant of `url` that purges left in place, without touching LRU order."""
         found = self._by_url.get(url)
-        if not found:
+        if found is None:
             return []
+        entries = [found] if isinstance(found, Entry) else list(found.values())
         if not self._tag_marks:
-            return list(found.values())
-        return [e for e in list(found.values()) if self.current(e) is not None]
+            return entries
+        return [e for e in entries if self.current(e) is not None]
 
     def only_variant(self, url: str) -> Entry | None:
         """The stored entry of `url` when it is the only variant purges left in place, else None."""
         found = self._by_url.get(url)
-        if not found or len(found) != 1:
+        if not isinstance(found, Entry):
             return None
-        for entry in found.values():
-            return self.current(entry) if self._tag_marks else entry
-        return None
+        return self.current(found) if self._tag_marks else found
+
+    def url_keys(self, url: str) -> list[str]:
+        """The keys of every stored variant of `url`."""
+        found = self._by_url.get(url)
+        if found is None:
+            return []
+        return [found.key] if isinstance(found, Entry) else list(found)
+
+    def tag_keys(self, tag: str) -> list[str]:
+        """The keys of every stored entry carrying `tag`, hard-purged ones not yet swept included."""
+        found = self._by_tag.get(tag)
+        if found is None:
+            return []
+        return [found] if isinstance(found, str) else list(found)
 
     def current(self, entry: Entry) -> Entry | None:
         """`entry` as tag purges left it: None (and deleted) after a hard one, marked stale after a soft one."""
@@ -140,7 +157,7 @@ class Store:
 
     def keys_for_tag(self, tag: str) -> frozenset[str]:
         """Keys of the entries carrying `tag` that purges left in place."""
-        keys = list(self._by_tag.get(tag, ()))
+        keys = self.tag_keys(tag)
         return frozenset(k for k in keys if (e := self._lru.peek(k)) is not None and self.current(e) is not None)
 
     def tag_count(self) -> int:
@@ -165,9 +182,21 @@ class Store:
             return False
         entry.serial = self.purge_serial
         self._lru[entry.key] = entry  # may evict, which unlinks through popitem
-        self._by_url.setdefault(entry.url, {})[entry.key] = entry
+        variants = self._by_url.get(entry.url)
+        if variants is None:
+            self._by_url[entry.url] = entry
+        elif isinstance(variants, Entry):
+            self._by_url[entry.url] = {variants.key: variants, entry.key: entry}  # keys differ: replaced ones left
+        else:
+            variants[entry.key] = entry
         for tag in entry.tags:
-            self._by_tag.setdefault(tag, set()).add(entry.key)
+            keys = self._by_tag.get(tag)
+            if keys is None:
+                self._by_tag[tag] = entry.key
+            elif isinstance(keys, str):
+                self._by_tag[tag] = {keys, entry.key}
+            else:
+                keys.add(entry.key)
         return True
 
     def delete(self, key: str) -> bool:
@@ -181,18 +210,22 @@ class Store:
     def _unlink(self, entry: Entry, evicted: bool = True) -> None:
         if evicted:
             self.evictions += 1
-        keys = self._by_url.get(entry.url)
-        if keys is not None:
-            keys.pop(entry.key, None)
-            if not keys:
-                del self._by_url[entry.url]
+        variants = self._by_url.get(entry.url)
+        if variants is entry:
+            del self._by_url[entry.url]
+        elif isinstance(variants, dict) and variants.get(entry.key) is entry:
+            del variants[entry.key]
+            if len(variants) == 1:
+                self._by_url[entry.url] = next(iter(variants.values()))
         for tag in entry.tags:
             tagged = self._by_tag.get(tag)
-            if tagged is not None:
+            if isinstance(tagged, set):
                 tagged.discard(entry.key)
-                if not tagged:
-                    del self._by_tag[tag]
-                    self._tag_marks.pop(tag, None)  # later entries are stored after any mark anyway
+                if len(tagged) == 1:
+                    self._by_tag[tag] = next(iter(tagged))
+            elif tagged == entry.key:
+                del self._by_tag[tag]
+                self._tag_marks.pop(tag, None)  # later entries are stored after any mark anyway
 
     # -- version fences ---------------------------------------------------------
     def fence(self, kind: str, values: Iterable[str], version: int, until: float) -> None:
@@ -256,12 +289,12 @@ class Store:
     def purge_url(self, url: str, soft: bool = False) -> int:
         """Every variant of one URL key."""
         self._record(lambda e: e.url == url, soft)
-        return self._purge_keys(self._by_url.get(url, {}).keys(), soft)
+        return self._purge_keys(self.url_keys(url), soft)
 
     def purge_prefix(self, prefix: str, soft: bool = False) -> int:
         """Every URL key starting with `prefix`."""
         self._record(lambda e: e.url.startswith(prefix), soft)
-        keys = [k for url, ks in self._by_url.items() if url.startswith(prefix) for k in ks]
+        keys = [k for url in self._by_url if url.startswith(prefix) for k in self.url_keys(url)]
         return self._purge_keys(keys, soft)
 
     def purge_tags(self, tags: Iterable[str], soft: bool = False) -> int:
@@ -271,7 +304,7 @@ class Store:
         serial = self.purge_serial
         count = 0
         for tag in tags:
-            keys = self._by_tag.get(tag)
+            keys = self.tag_keys(tag)
             if not keys:
                 continue
             count += len(keys)

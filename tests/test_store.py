@@ -16,15 +16,17 @@ def assert_indexes_exact(store: Store) -> None:
     while store.sweep():
         pass
     stored = {key: store._lru.peek(key) for key in list(store._lru.keys())}
-    by_url = {k for keys in store._by_url.values() for k in keys}
-    by_tag = {k for keys in store._by_tag.values() for k in keys}
+    by_url = {k for url in store._by_url for k in store.url_keys(url)}
+    by_tag = {k for tag in store._by_tag for k in store.tag_keys(tag)}
     assert by_url == set(stored)
     assert by_tag == {k for k, e in stored.items() if e.tags}
     for key, e in stored.items():
-        assert key in store._by_url[e.url]
+        assert key in store.url_keys(e.url)
         for tag in e.tags:
-            assert key in store._by_tag[tag]
-    assert all(store._by_tag.values()) and all(store._by_url.values())  # no empty sets left behind
+            assert key in store.tag_keys(tag)
+    # No empty set or dict left behind, and none holding a lone member (held as itself).
+    assert all(isinstance(keys, str) or len(keys) > 1 for keys in store._by_tag.values())
+    assert all(isinstance(found, Entry) or len(found) > 1 for found in store._by_url.values())
     assert store.size == sum(e.size for e in stored.values())
 
 
@@ -170,3 +172,20 @@ def test_indexes_stay_exact_under_random_operations() -> None:
             if hit:
                 store.touch(hit)
     assert_indexes_exact(store)
+
+
+def test_a_lone_variant_or_tagged_entry_is_indexed_as_itself_and_a_second_one_makes_a_collection() -> None:
+    store = Store(1 << 20, 1 << 20)
+    first, second = entry("u\x00a", url="u", tags=("t",)), entry("u\x00b", url="u", tags=("t",))
+    store.put(first)
+    assert store.only_variant("u") is first and store.tag_keys("t") == ["u\x00a"]
+    store.put(second)
+    assert store.only_variant("u") is None  # two variants: the full path chooses
+    assert {e.key for e in store.variants("u")} == {"u\x00a", "u\x00b"} and set(store.tag_keys("t")) == {"u\x00a", "u\x00b"}
+    assert_indexes_exact(store)
+    store.delete("u\x00a")
+    assert store.only_variant("u") is second and store.tag_keys("t") == ["u\x00b"]
+    assert_indexes_exact(store)
+    assert store.purge_tags(["t"]) == 1
+    assert_indexes_exact(store)
+    assert store.variants("u") == [] and store.tag_keys("t") == [] and len(store) == 0
