@@ -92,6 +92,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self.closed = False
         self.reusable = True
+        self.head_only = False  # the request is a HEAD: the response ends with its head
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
@@ -175,8 +176,15 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.head_done = True
-        self.until_close = (self.status >= 200 and self.status not in NO_BODY_STATUSES
-                            and not any(k in (b"content-length", b"transfer-encoding") for k, _ in self.headers))
+        framed = any(k in (b"content-length", b"transfer-encoding") for k, _ in self.headers)
+        if self.head_only and self.status >= 200:
+            # The parser would wait for the body the fields announce; a HEAD response has none
+            # (RFC 9110 §9.3.2). The connection gets a new parser when it is handed back.
+            self.complete = True
+            if not (framed or self.status in NO_BODY_STATUSES) or not self.parser.should_keep_alive():
+                self.reusable = False
+            return
+        self.until_close = self.status >= 200 and self.status not in NO_BODY_STATUSES and not framed
 
     def on_body(self, body: bytes) -> None:
         self.pieces.append(body)
@@ -203,7 +211,7 @@ class Connection(asyncio.Protocol):
             self._waiter = None
 
     async def send(self, head: bytes, body: bytes | AsyncIterable[bytes] | None, chunked: bool,
-                   timeout: float) -> None:
+                   timeout: float, head_only: bool = False) -> None:
         """Write the request head and the body: whole, or streamed (chunk-framed when its length is unknown).
 
         Waiting for the client's body has no limit here (the server's own applies); a server that
@@ -211,6 +219,7 @@ class Connection(asyncio.Protocol):
         """
         assert self.transport is not None
         self.busy = True
+        self.head_only = head_only
         self._start_response()
         if body is None or isinstance(body, bytes):
             self.transport.write(head + body if body else head)
@@ -269,6 +278,14 @@ class Connection(asyncio.Protocol):
             except TimeoutError:
                 raise UpstreamError(Failure.TIMEOUT, f"{self.peer} sent no body data for {timeout}s") from None
 
+    def reset_after_head(self) -> None:
+        """After a HEAD exchange: a new parser, since the old one still waits for the announced body."""
+        if self.pieces or self.error is not None:
+            self.close()  # bytes after a HEAD response's head: its framing cannot be trusted
+            return
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = False
+
     def close(self) -> None:
         """Close the connection (it is never reused after)."""
         self.reusable = False
@@ -286,15 +303,14 @@ class Response:
     """A server's response: status and fields (names in lower case) now, the body to be read with
     `chunks()`; always `close()` it."""
 
-    __slots__ = ("status", "raw_headers", "_connection", "_client", "_timeout", "_head_only")
+    __slots__ = ("status", "raw_headers", "_connection", "_client", "_timeout")
 
-    def __init__(self, connection: Connection, client: HttpClient, timeout: float, head_only: bool) -> None:
+    def __init__(self, connection: Connection, client: HttpClient, timeout: float) -> None:
         self.status = connection.status
         self.raw_headers = connection.headers
         self._connection: Connection | None = connection
         self._client = client
         self._timeout = timeout
-        self._head_only = head_only
 
     @property
     def complete(self) -> bool:
@@ -304,19 +320,14 @@ class Response:
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk (transfer coding removed); nothing for HEAD, 204 and 304."""
-        if self._connection is None or self._head_only:
+        if self._connection is None or self._connection.head_only:
             return _nothing()
         return self._connection.body(self._timeout)
 
     async def close(self) -> None:
         """Hand the connection back for reuse when the exchange ended cleanly; else close it."""
         connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        if self._head_only:
-            # The parser would wait for the body a HEAD response announces but never sends.
-            connection.close()
-        else:
+        if connection is not None:
             self._client.release(connection)
 
 
@@ -351,7 +362,7 @@ class HttpClient:
             connection = await self._acquire(key, fresh)
             reused = connection.idle_since > 0
             try:
-                await connection.send(head, body, chunked, self.response_timeout)
+                await connection.send(head, body, chunked, self.response_timeout, head_only=method == "HEAD")
                 async with asyncio.timeout(self.response_timeout):
                     await connection.read_head()
             except TimeoutError:
@@ -367,7 +378,7 @@ class HttpClient:
             except BaseException:
                 self._discard(connection)
                 raise
-            return Response(connection, self, self.response_timeout, method == "HEAD")
+            return Response(connection, self, self.response_timeout)
         raise AssertionError("unreachable")  # the second try returns or raises
 
     async def _acquire(self, key: tuple[str, int, bool], fresh: bool) -> Connection:
@@ -400,6 +411,8 @@ class HttpClient:
         """Keep the connection for the next request if its last exchange ended cleanly."""
         self._busy.discard(connection)
         connection.busy = False
+        if connection.head_only:
+            connection.reset_after_head()
         idle = self._idle.setdefault(connection.key, [])
         if not connection.complete or not connection.reusable or connection.closed or len(idle) >= MAX_IDLE_PER_SERVER:
             connection.close()

@@ -160,8 +160,30 @@ async def test_a_body_delimited_by_close_is_read_to_the_end(client: HttpClient) 
         assert await fetch(client, base) == (200, b"until the end")
 
 
-async def test_head_reads_no_body_and_does_not_reuse_the_connection(client: HttpClient) -> None:
-    edge = RawEdge([b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", OK])
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                                  b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 304 Not Modified\r\netag: \"v\"\r\n\r\n"])
+async def test_a_head_response_ends_with_its_head_and_the_connection_is_reused(client: HttpClient, head: bytes) -> None:
+    edge = RawEdge([head, head, OK])
+    async with edge as base:
+        assert (await fetch(client, base, method="HEAD"))[1] == b""
+        assert (await fetch(client, base, method="HEAD"))[1] == b""
+        assert await fetch(client, base) == (200, b"ok")
+    assert edge.connections == 1
+
+
+async def test_a_body_sent_after_a_head_response_is_never_read_as_the_next_answer(client: HttpClient) -> None:
+    edge = RawEdge([b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON", OK])
+    async with edge as base:
+        response = await client.open("HEAD", base, "/p", HOST)
+        await asyncio.sleep(0.2)  # the stray body arrives before the connection is handed back
+        await response.close()
+        assert await fetch(client, base) == (200, b"ok")
+    assert edge.connections == 2
+
+
+async def test_a_head_response_without_a_length_is_not_reused(client: HttpClient) -> None:
+    edge = RawEdge([b"HTTP/1.1 200 OK\r\n\r\n", OK])
     async with edge as base:
         assert await fetch(client, base, method="HEAD") == (200, b"")
         assert await fetch(client, base) == (200, b"ok")
