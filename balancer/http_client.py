@@ -122,15 +122,24 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        if not self.head_done:
+            # Counted here too: httptools reports a field only once it has ended, and one that never
+            # ends would otherwise be buffered until the response timeout.
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             self.reusable = False
-            if not isinstance(exc.__context__, _StrayBytes):
-                self.error = exc.__context__ if isinstance(exc.__context__, _HeadTooLarge) else exc
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self.error = exc.__context__
+            elif not isinstance(exc.__context__, _StrayBytes):
+                self.error = exc
         except httptools.HttpParserError as exc:
             self.reusable = False
             self.error = exc
+        if not self.head_done and self.head_size > MAX_HEAD and self.error is None:
+            self.error = _HeadTooLarge(f"response head larger than {MAX_HEAD} bytes")
+            self.close()
         if self.buffered > READ_HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
@@ -161,19 +170,12 @@ class Connection(asyncio.Protocol):
         if self.complete:
             raise _StrayBytes()
 
-    def on_status(self, status: bytes) -> None:
-        self._count_head(len(status))
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
         self.headers.append((name.lower(), value))
 
-    def _count_head(self, size: int) -> None:
-        self.head_size += size
-        if self.head_size > MAX_HEAD:
-            raise _HeadTooLarge(f"response head larger than {MAX_HEAD} bytes")
-
     def on_headers_complete(self) -> None:
+        if sum(len(k) + len(v) + 4 for k, v in self.headers) > MAX_HEAD:  # a head that arrived in one read
+            raise _HeadTooLarge(f"response head larger than {MAX_HEAD} bytes")
         self.status = self.parser.get_status_code()
         self.head_done = True
         framed = any(k in (b"content-length", b"transfer-encoding") for k, _ in self.headers)
@@ -413,6 +415,10 @@ class HttpClient:
         connection.busy = False
         if connection.head_only:
             connection.reset_after_head()
+        if connection._paused and connection.transport is not None:
+            # The body was left unread past the high-water mark: the next exchange must be read.
+            connection._paused = False
+            connection.transport.resume_reading()
         idle = self._idle.setdefault(connection.key, [])
         if not connection.complete or not connection.reusable or connection.closed or len(idle) >= MAX_IDLE_PER_SERVER:
             connection.close()

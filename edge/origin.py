@@ -7,15 +7,17 @@ It keeps no cookies: Set-Cookie is relayed to the client, never held.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from balancer import Failure
 from balancer.http_client import BadRequestHead, HttpClient, Response, UpstreamError
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # What a client gets when no usable response came: a gateway error, or a timeout.
 FAILURE_STATUS = {Failure.CONNECT: 502, Failure.PROTOCOL: 502, Failure.TIMEOUT: 504}
 BODY_ERRORS = (UpstreamError, OSError)  # a response body cut short, malformed, or stalled
@@ -52,9 +54,21 @@ class OriginResponse:
 
 
 @lru_cache(maxsize=256)
-def host_field(base: str) -> tuple[bytes, bytes]:
-    """The Host field for a request to `base`: its host and any port, as in the URL."""
-    return b"host", urlsplit(base).netloc.rpartition("@")[2].encode("idna")
+def member_fields(base: str) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes] | None]:
+    """The Host field for a request to `base` (its host, and its port unless the scheme's default),
+    and Authorization when the URL carries credentials (`http://user:password@origin`), as httpx sent them."""
+    parts = urlsplit(base)
+    host = (parts.hostname or "").encode("idna")
+    if b":" in host:
+        host = b"[" + host.partition(b"%")[0] + b"]"  # an IPv6 literal, without a zone (RFC 6874 §2)
+    default = 443 if parts.scheme == "https" else 80
+    if parts.port is not None and parts.port != default:
+        host += b":%d" % parts.port
+    auth = None
+    if parts.username is not None:
+        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth = (b"authorization", b"Basic " + base64.b64encode(secret))
+    return (b"host", host), auth
 
 
 class HttpUpstream:
@@ -70,9 +84,13 @@ class HttpUpstream:
             fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]  # obs-text survives (RFC 9110 §5.5)
         except UnicodeEncodeError as exc:
             raise OriginError(400, f"a request field cannot be sent: {exc}") from None
+        host, auth = member_fields(base)
         if not any(k == "host" for k, _ in headers):
-            fields.append(host_field(base))
-        if body is not None:
+            fields.append(host)
+        if auth is not None:  # the configured credentials, not the client's
+            fields = [field for field in fields if field[0] != b"authorization"] + [auth]
+        if body or (body is not None and method in BODY_METHODS):
+            # RFC 9110 §8.6: a length for content the method means to carry, even none.
             fields.append((b"content-length", b"%d" % len(body)))
         try:
             response = await self.client.open(method, base, target, fields, body,

@@ -12,6 +12,7 @@ import pytest
 
 from edge import app as app_module
 from edge.app import Edge, create_app
+from edge.origin import member_fields
 from edge.settings import EdgeSettings
 from tests.scripted_origin import Answer, ScriptedOrigin
 from tests.servers import ThreadServer, free_port
@@ -119,7 +120,21 @@ def test_the_origin_gets_its_own_host_and_the_length_of_a_forwarded_body(rig: Ri
     assert sent["x-forwarded-host"] == "shop.example"
     assert sent["content-length"] == "7"
     rig.client.post("/form", content=b"")
-    assert rig.origin.last_headers()["content-length"] == "0"
+    assert rig.origin.last_headers()["content-length"] == "0"  # POST means to carry content (RFC 9110 §8.6)
+    rig.client.delete("/form")
+    assert "content-length" not in rig.origin.last_headers()  # DELETE without content: no length
+
+
+@pytest.mark.parametrize(("base", "host", "auth"), [
+    ("http://127.0.0.1:9000", b"127.0.0.1:9000", None),
+    ("https://Origin.Example:443", b"origin.example", None),
+    ("http://[fe80::1%25eth0]:8080", b"[fe80::1]:8080", None),
+    ("http://user:p%40ss@origin.example", b"origin.example", b"Basic dXNlcjpwQHNz"),
+])
+def test_the_origin_url_gives_the_host_field_and_any_credentials(base: str, host: bytes, auth: bytes | None) -> None:
+    host_field, auth_field = member_fields(base)
+    assert host_field == (b"host", host)
+    assert (auth_field[1] if auth_field else None) == auth
 
 
 @pytest.mark.parametrize("cache_control", ["no-store", "private", "max-age=60, no-store"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from balancer.http_client import MAX_HEAD, BadRequestHead, HttpClient, UpstreamError, request_head
+from balancer.http_client import MAX_HEAD, READ_HIGH_WATER, BadRequestHead, HttpClient, UpstreamError, request_head
 from balancer.pool import Failure
 from tests.servers import free_port
 
@@ -310,3 +310,44 @@ async def test_a_request_that_would_break_the_framing_is_refused_before_sending(
 def test_a_valid_request_head_is_sent_as_given() -> None:
     assert request_head("GET", "/p?q=%20", [(b"host", b"a"), (b"x-obs", b"caf\xe9")], b"transfer-encoding: chunked\r\n") \
         == b"GET /p?q=%20 HTTP/1.1\r\nhost: a\r\nx-obs: caf\xe9\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def test_a_head_that_never_ends_fails_once_past_the_limit_not_at_the_timeout() -> None:
+    client = HttpClient(connect_timeout=2.0, response_timeout=30.0)
+
+    async def endless_field(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nx-pad: ")
+        try:
+            for _ in range(4 * MAX_HEAD // 4096):
+                writer.write(b"a" * 4096)
+                await writer.drain()
+            await asyncio.sleep(30)
+        except ConnectionError:
+            pass
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(endless_field, "127.0.0.1", port)
+    try:
+        async with asyncio.timeout(10):  # well before the 30 s response timeout
+            with pytest.raises(UpstreamError) as failed:
+                await client.open("GET", f"http://127.0.0.1:{port}", "/", HOST)
+    finally:
+        server.close()
+        await client.aclose()
+    assert failed.value.failure is Failure.PROTOCOL and "larger than" in failed.value.message
+
+
+async def test_a_connection_handed_back_with_its_reading_paused_serves_the_next_request(client: HttpClient) -> None:
+    big = b"x" * (READ_HIGH_WATER + 64 * 1024)
+    edge = RawEdge([b"HTTP/1.1 503 Busy\r\ncontent-length: %d\r\n\r\n%b" % (len(big), big), OK])
+    async with edge as base:
+        response = await client.open("GET", base, "/p", HOST)
+        for _ in range(50):  # the whole body arrives unread, past the high-water mark
+            if response.complete or response._connection.complete:
+                break
+            await asyncio.sleep(0.02)
+        await response.close()  # not read: a stale copy was served instead, say
+        assert await fetch(client, base) == (200, b"ok")
+    assert edge.connections == 1
