@@ -26,6 +26,7 @@ from balancer.pool import Failure
 
 IDLE_EXPIRY = 2.0  # seconds an idle connection is kept: well before common server keep-alive timeouts (Node: 5 s)
 MAX_IDLE_PER_SERVER = 128
+MAX_PER_SERVER = 512  # connections in use at once to one server; more requests wait for one (httpx's limit)
 MAX_HEAD = 100 * 1024  # bytes of a response's status line and fields, as httpx allowed
 READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the server is asked to pause
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -334,17 +335,21 @@ class Response:
 
 
 class HttpClient:
-    """Keep-alive connections to servers, at most `MAX_IDLE_PER_SERVER` idle ones each.
+    """Keep-alive connections to servers: at most `max_per_server` in use at once to each (a request
+    beyond waits for one, up to the response timeout), and `MAX_IDLE_PER_SERVER` idle ones kept.
 
     `peer` names the servers in error messages ("edge", "origin").
     """
 
-    def __init__(self, connect_timeout: float, response_timeout: float, peer: str = "server") -> None:
+    def __init__(self, connect_timeout: float, response_timeout: float, peer: str = "server",
+                 max_per_server: int = MAX_PER_SERVER) -> None:
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
         self.peer = peer
+        self.max_per_server = max_per_server
         self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._busy: set[Connection] = set()
+        self._slots: dict[tuple[str, int, bool], asyncio.Semaphore] = {}
         self._tls: ssl.SSLContext | None = None
 
     async def open(self, method: str, base: str, target: str, headers: list[tuple[bytes, bytes]],
@@ -384,6 +389,26 @@ class HttpClient:
         raise AssertionError("unreachable")  # the second try returns or raises
 
     async def _acquire(self, key: tuple[str, int, bool], fresh: bool) -> Connection:
+        """A connection to `key`, holding one of its slots until `release` or `_discard`."""
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = asyncio.Semaphore(self.max_per_server)
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self.response_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise UpstreamError(Failure.TIMEOUT, f"no free connection to the {self.peer} within "
+                                                     f"{self.response_timeout}s ({self.max_per_server} in use)") from None
+        else:
+            await slots.acquire()
+        try:
+            return await self._connection(key, fresh)
+        except BaseException:
+            slots.release()
+            raise
+
+    async def _connection(self, key: tuple[str, int, bool], fresh: bool) -> Connection:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle and not fresh:
@@ -412,6 +437,7 @@ class HttpClient:
     def release(self, connection: Connection) -> None:
         """Keep the connection for the next request if its last exchange ended cleanly."""
         self._busy.discard(connection)
+        self._slots[connection.key].release()
         connection.busy = False
         if connection.head_only:
             connection.reset_after_head()
@@ -428,6 +454,7 @@ class HttpClient:
 
     def _discard(self, connection: Connection) -> None:
         self._busy.discard(connection)
+        self._slots[connection.key].release()
         connection.close()
 
     async def aclose(self) -> None:

@@ -351,3 +351,21 @@ async def test_a_connection_handed_back_with_its_reading_paused_serves_the_next_
         await response.close()  # not read: a stale copy was served instead, say
         assert await fetch(client, base) == (200, b"ok")
     assert edge.connections == 1
+
+
+async def test_requests_beyond_the_connection_limit_wait_for_a_free_one() -> None:
+    client = HttpClient(connect_timeout=2.0, response_timeout=0.5, max_per_server=2)
+    edge = RawEdge([OK] * 10)
+    async with edge as base:
+        held = [await client.open("GET", base, "/p", HOST) for _ in range(2)]
+        with pytest.raises(UpstreamError) as waited:  # both in use for longer than a response may take
+            await client.open("GET", base, "/p", HOST)
+        assert waited.value.failure is Failure.TIMEOUT and "2 in use" in waited.value.message
+        third = asyncio.create_task(fetch(client, base))
+        await asyncio.sleep(0.1)
+        assert not third.done()  # still waiting for a slot
+        await held[0].close()
+        assert await third == (200, b"ok")
+        await held[1].close()
+    await client.aclose()
+    assert edge.connections == 2
