@@ -343,17 +343,23 @@ class Edge:
         if problem is not None:
             await self.send_error(send, *problem)
             return
-        client_ip = self.shield.client_ip(scope)
-        decision = await self.shield.admit(client_ip, scope["method"], scope["path"], scope["headers"])
-        if not decision.allowed:
-            await self.refuse(send, decision)
-            return
+        shield = self.shield
+        if shield.admits_all_on_receive():
+            client_ip = None  # worked out below, when the request goes past the fast hit path
+        else:
+            client_ip = shield.client_ip(scope)
+            decision = await shield.admit(client_ip, scope["method"], scope["path"], scope["headers"])
+            if not decision.allowed:
+                await self.refuse(send, decision)
+                return
         if scope["method"] in NOT_FORWARDED_METHODS:
             self.count("method_not_allowed")
             await self.send_error(send, 405, f"{scope['method']} is not served here", extra=[ALLOWED_METHODS])
             return
         if scope["method"] in ("GET", "HEAD") and await self.fresh_hit(scope, send):
             return
+        if client_ip is None:
+            client_ip = shield.client_ip(scope)
         try:
             request = ClientRequest.from_scope(scope, self.settings, client_ip)
         except BadRequest as exc:

@@ -102,6 +102,17 @@ def test_the_fast_path_keys_each_host_and_target_apart_and_refuses_what_the_full
     assert len(edge._hit_keys) <= app_module.HIT_KEYS
 
 
+def test_a_banned_client_is_refused_even_what_the_fast_path_would_serve(rig: Rig) -> None:
+    rig.origin.route("/hot", Answer(headers=FRESH))
+    rig.get("/hot")
+    assert "hit" in status_of(rig.get("/hot"))
+    rig.edge.shield.penalty.bans["127.0.0.1"] = time.monotonic() + 60  # as the penalty box bans
+    refused = rig.get("/hot")
+    assert refused.status_code == 429 and "banned" in refused.text
+    rig.edge.shield.penalty.bans.clear()
+    assert "hit" in status_of(rig.get("/hot"))
+
+
 def test_the_edge_relays_set_cookie_but_never_keeps_a_cookie_itself(rig: Rig) -> None:
     # One client's session cookie must never sit in a client the edge shares among all clients.
     rig.origin.route("/login", Answer(headers=[("Cache-Control", "no-store"), ("Set-Cookie", "session=alice")]))

@@ -92,6 +92,11 @@ class Shield:
             self.size_refusals[problem[0]] = self.size_refusals.get(problem[0], 0) + 1
         return problem
 
+    def admits_all_on_receive(self) -> bool:
+        """Whether `admit` at receive would admit any request now: nobody is banned and no rule of scope
+        "all" applies (the default: hits are not limited), so the caller may skip working out the client."""
+        return not self.penalty.bans and not self._receive_rules
+
     async def admit(self, client: str | None, method: str, path: str, headers: HeaderSource = (),
                     origin_bound: bool = False) -> Decision:
         """May this request go on? At receive with origin_bound=False (bans, rules of scope "all"); again
