@@ -67,7 +67,7 @@ from benchmarks.processes import (  # noqa: E402
 from edge.app import ClientRequest, Edge  # noqa: E402
 from edge.headers import Headers  # noqa: E402
 from edge.settings import EdgeSettings  # noqa: E402
-from edge.store import ENTRY_OVERHEAD, FIELD_OVERHEAD, TAG_OVERHEAD  # noqa: E402
+from edge.store import BLOCK_OVERHEAD, ENTRY_OVERHEAD, TAG_OVERHEAD  # noqa: E402
 
 SITE = "memory.example"  # the Host every request carries
 ADMIN_TOKEN = "memory-bench-admin"
@@ -507,7 +507,7 @@ def report_objects(rows: Sequence[Row], objects: int) -> None:
     print(f"\n1. Bytes per cached object, {objects:,} objects per row, stored through Edge.make_entry and Edge.put "
           f"(tracemalloc; RSS: a fresh interpreter without it)")
     print(f"   content: body + header field text; charged: Entry.size = body + ENTRY_OVERHEAD {ENTRY_OVERHEAD} "
-          f"+ per field FIELD_OVERHEAD {FIELD_OVERHEAD} + 2 x value length (+ {TAG_OVERHEAD} + length per tag); "
+          f"+ BLOCK_OVERHEAD {BLOCK_OVERHEAD} + field text and separators (+ {TAG_OVERHEAD} + length per tag); "
           f"ovh: bytes kept beyond content")
     print_table(
         ("", "content", "ours", "ours ovh", "pairs ovh", "block ovh", "vs pairs", "vs block", "charged",

@@ -88,6 +88,7 @@ HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-m
 
 UNKEPT = frozenset({"content-length", "age"})  # stored fields an entry does not keep
 HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
+COOKED = 1024  # entries whose delivery fields the fast hit path keeps read as pairs (the last ones hit)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -170,20 +171,34 @@ class ClientRequest:
 class Stored:
     """What the request path keeps beside an entry's body (the store's `Entry.meta`).
 
-    The stored fields are held once, as the bytes a hit sends: `wire`, plus the few a hit
-    does not send in `held`. `headers` reads them as text for the rest of the request path.
+    The stored fields are held once, in one bytes object: the ones a hit delivers as
+    `block` (b"name\0value\0name\0value"; `wire` reads it as pairs), the few it does not
+    in `held`. `headers` reads them all as text for the rest of the request path.
     """
 
     status: int
     freshness: rfc.Freshness
     vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
-    wire: list[tuple[bytes, bytes]]  # delivery fields, prepared once: no Age, Content-Length or targeted fields
+    block: bytes  # delivery fields: no Age, Content-Length or targeted fields
     held: tuple[tuple[bytes, bytes], ...] = ()  # stored fields a hit does not deliver (targeted and tag fields)
+
+    @property
+    def wire(self) -> list[tuple[bytes, bytes]]:
+        """The delivery fields as (name, value) pairs, read from `block` on each call."""
+        if not self.block:
+            return []
+        parts = iter(self.block.split(b"\0"))
+        return list(zip(parts, parts))
 
     @property
     def headers(self) -> Headers:
         """The stored response's end-to-end fields (but Age and Content-Length), built on each call."""
         return Headers.from_stored(self.wire, self.held)
+
+
+def field_block(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """`Stored.block` for `fields`, whose names and values hold no NUL (HTTP's parsers refuse one)."""
+    return b"\0".join([part for field in fields for part in field])
 
 
 def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -220,6 +235,7 @@ class Edge:
         self._served_by = (b"x-served-by", f"{settings.id}; region={settings.region}".encode())
         self._status_id = self.id.encode()  # the first member of our Cache-Status entries
         self._hit_keys: dict[tuple[bytes, bytes | str, bytes | None], str] = {}
+        self._cooked: dict[str, tuple[Stored, list[tuple[bytes, bytes]]]] = {}  # key -> (its Stored, its wire)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
         self.metrics = EdgeMetrics(self)
@@ -412,7 +428,15 @@ class Edge:
         counters["hit"] = counters.get("hit", 0) + 1
         body = entry.body if scope["method"] == "GET" else b""
         counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
-        headers = [*meta.wire, (b"content-length", b"%d" % len(entry.body)), *self.hit_fields(meta, now, "hit", age=age)]
+        cooked = self._cooked.get(key)
+        if cooked is not None and cooked[0] is meta:
+            wire = cooked[1]
+        else:
+            wire = meta.wire
+            if len(self._cooked) >= COOKED:
+                del self._cooked[next(iter(self._cooked))]  # the longest kept
+            self._cooked[key] = (meta, wire)
+        headers = [*wire, (b"content-length", b"%d" % len(entry.body)), *self.hit_fields(meta, now, "hit", age=age)]
         await send({"type": "http.response.start", "status": meta.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
@@ -681,11 +705,12 @@ class Edge:
         wire: list[tuple[bytes, bytes]] = []
         held: list[tuple[bytes, bytes]] = []
         for k, v in stored.items:
-            if k not in UNKEPT:
+            if k not in UNKEPT and "\0" not in v:
                 (held if k in self._strip else wire).append((field_name_bytes(k), v.encode("latin-1")))
         key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
-        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(wire) + stored_fields_size(held),
-                     tags=tuple(tags), meta=Stored(status, freshness, vary, wire, tuple(held) if held else ()))
+        block = field_block(wire)
+        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(block, held),
+                     tags=tuple(tags), meta=Stored(status, freshness, vary, block, tuple(held) if held else ()))
 
     def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""

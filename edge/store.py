@@ -17,16 +17,17 @@ from cachetools import Cache, LRUCache
 # What an entry costs in memory beyond its body, as measured with tracemalloc through the edge's own
 # miss path (tests/test_store_memory.py keeps these at or above the real cost): per entry the Entry,
 # its metadata and key, the LRU's links and the URL index; per tag, its index entry and its share of a tag set.
-ENTRY_OVERHEAD = 900
+ENTRY_OVERHEAD = 800
 TAG_OVERHEAD = 220
-# Per stored header field: its (name, value) bytes pair, with its tuple and list slot; the (shared)
-# name's characters are not counted, the value's are.
-FIELD_OVERHEAD = 110
+# Stored header fields: the delivered ones in one bytes object (BLOCK_OVERHEAD beyond its text and
+# separators), the rare others as (name, value) pairs (PAIR_OVERHEAD each, with their tuple and slot).
+BLOCK_OVERHEAD = 40
+PAIR_OVERHEAD = 150
 
 
-def stored_fields_size(fields: Iterable[tuple[bytes, bytes]]) -> int:
+def stored_fields_size(block: bytes, pairs: Iterable[tuple[bytes, bytes]] = ()) -> int:
     """Memory the header fields of one entry take, as the store charges it."""
-    return sum(FIELD_OVERHEAD + len(v) for _, v in fields)
+    return BLOCK_OVERHEAD + len(block) + sum(PAIR_OVERHEAD + len(k) + len(v) for k, v in pairs)
 
 
 # Purges remembered to judge responses that were being fetched while they were applied.

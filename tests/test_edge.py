@@ -317,6 +317,22 @@ def test_admin_purge_by_tag_removes_exactly_the_tagged_entries(rig: Rig) -> None
     assert rig.origin.hits["/two"] == 1
 
 
+def test_a_hit_after_a_purge_and_refetch_carries_the_new_fields_with_the_new_body(rig: Rig) -> None:
+    # The fast path keeps the fields of the objects it served last read as pairs: never another entry's.
+    version = {"n": 1}
+    rig.origin.route("/v", lambda h: Answer(headers=FRESH + [("ETag", f'"v{version["n"]}"')],
+                                            body=f"body {version['n']}".encode()))
+    rig.get("/v")
+    assert rig.get("/v").headers["etag"] == '"v1"'  # a hit, its fields now kept read
+    version["n"] = 2
+    auth = {"Authorization": "Bearer secret"}
+    rig.client.post("/_edge/purge", json={"kind": "url", "values": [rig.url + "/v"]}, headers=auth)
+    rig.get("/v")  # the refetch
+    hit = rig.get("/v")
+    assert "hit" in status_of(hit)
+    assert (hit.headers["etag"], hit.text) == ('"v2"', "body 2")
+
+
 def test_soft_purge_marks_stale_so_the_next_request_revalidates(rig: Rig) -> None:
     rig.origin.route("/s", lambda h: Answer(304, [("ETag", '"s"')], b"") if h.get("if-none-match") == '"s"'
                      else Answer(headers=FRESH + [("ETag", '"s"')], body=b"soft"))
