@@ -13,7 +13,6 @@ was stored; policy decisions come from `edge.policy`, bytes from `edge.store`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
-
 
 from cdn.access_log import access_logger
 from cdn.asgi import run_lifespan
@@ -89,12 +87,6 @@ HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-m
 UNKEPT = frozenset({"content-length", "age"})  # stored fields an entry does not keep
 HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
 COOKED = 1024  # entries whose delivery fields the fast hit path keeps read as pairs (the last ones hit)
-
-
-@functools.lru_cache(maxsize=1024)
-def field_name_bytes(name: str) -> bytes:
-    """A field name as delivered; one bytes object per name, shared by every entry."""
-    return name.encode("latin-1")
 
 
 class BadRequest(Exception):
@@ -428,18 +420,22 @@ class Edge:
         counters["hit"] = counters.get("hit", 0) + 1
         body = entry.body if scope["method"] == "GET" else b""
         counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
-        cooked = self._cooked.get(key)
-        if cooked is not None and cooked[0] is meta:
-            wire = cooked[1]
-        else:
-            wire = meta.wire
-            if len(self._cooked) >= COOKED:
-                del self._cooked[next(iter(self._cooked))]  # the longest kept
-            self._cooked[key] = (meta, wire)
-        headers = [*wire, (b"content-length", b"%d" % len(entry.body)), *self.hit_fields(meta, now, "hit", age=age)]
+        headers = [*self.cooked_wire(key, meta), (b"content-length", b"%d" % len(entry.body)),
+                   *self.hit_fields(meta, now, "hit", age=age)]
         await send({"type": "http.response.start", "status": meta.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
+
+    def cooked_wire(self, key: str, meta: Stored) -> list[tuple[bytes, bytes]]:
+        """`meta.wire`, kept read for the last COOKED entries served, so a hot entry is not parsed per hit."""
+        cooked = self._cooked.get(key)
+        if cooked is not None and cooked[0] is meta:  # not another (purged, refetched) entry's fields
+            return cooked[1]
+        wire = meta.wire
+        if len(self._cooked) >= COOKED:
+            del self._cooked[next(iter(self._cooked))]  # the longest kept
+        self._cooked[key] = (meta, wire)
+        return wire
 
     def hit_key(self, host: bytes, scope: Scope) -> str | None:
         """The cache key of a fast-path request (None: refused), remembered for the hosts and targets seen last."""
@@ -700,13 +696,13 @@ class Edge:
         names = parse_vary(stored.get_all("vary")) or ()
         vary = tuple((n, normalise_selecting_value(n, request.headers.get_all(n))) for n in names)
         tags = surrogate_keys(stored.get_all("surrogate-key"), stored.get_all("cache-tag"))
-        # Held as long as the entry, once: as the bytes a hit delivers (names shared between entries).
+        # Held as long as the entry, once, as bytes: the delivered fields in one block (see Stored).
         # Content-Length is the body's, and Age is worked out from `freshness`: neither is kept.
         wire: list[tuple[bytes, bytes]] = []
         held: list[tuple[bytes, bytes]] = []
         for k, v in stored.items:
             if k not in UNKEPT and "\0" not in v:
-                (held if k in self._strip else wire).append((field_name_bytes(k), v.encode("latin-1")))
+                (held if k in self._strip else wire).append((k.encode("latin-1"), v.encode("latin-1")))
         key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
         block = field_block(wire)
         return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(block, held),

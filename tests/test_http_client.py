@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from balancer.http_client import MAX_HEAD, READ_HIGH_WATER, BadRequestHead, HttpClient, UpstreamError, request_head
+from balancer.http_client import (
+    MAX_HEAD,
+    READ_HIGH_WATER,
+    BadRequestHead,
+    HttpClient,
+    UpstreamError,
+    request_head,
+)
 from balancer.pool import Failure
 from tests.servers import free_port
 
