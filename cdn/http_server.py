@@ -30,6 +30,7 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import httptools
@@ -70,6 +71,71 @@ class Refused(Exception):
         self.message = message
 
 
+class CoalescingTransport:
+    """A transport that sends what is written in one turn of the event loop with one system call.
+
+    uvicorn writes a response's head and its body separately, and uvloop sends each at once: two
+    system calls and two TCP segments for a small response. Held until the turn ends, they go out
+    together (one writev). Once `FLUSH_AT` bytes are held they go at once, so the real transport's
+    write buffer, and with it uvicorn's flow control, sees a large body as before. Closing sends
+    what is held first. Everything else is the real transport's.
+    """
+
+    __slots__ = ("_transport", "_loop", "_pending", "_held")
+
+    FLUSH_AT = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._held = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+        self._held += len(data)
+        if self._held >= self.FLUSH_AT:
+            self.flush()
+
+    def writelines(self, data: Iterable[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending, self._held = [], 0
+        if self._transport.is_closing():
+            return
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        else:
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending, self._held = [], 0
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with deadlines, head size limits, strict versions and trailers dropped.
 
@@ -91,7 +157,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     # -- connection ------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         # A client that connects and sends nothing has as long as one that sends half a head.
         self.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_timed_out)
 

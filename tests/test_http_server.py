@@ -18,6 +18,7 @@ import uvicorn
 from cdn.http_server import (
     MAX_HEAD_BYTES,
     ClientLimits,
+    CoalescingTransport,
     QueuedStreamHandler,
     dropped_log_records,
     protocol_class,
@@ -283,3 +284,53 @@ def test_the_log_config_queues_every_handler_and_the_root_logger() -> None:
     assert all(handler["()"] is QueuedStreamHandler and "class" not in handler
                for handler in config["handlers"].values())
     assert config["root"] == {"handlers": ["service"], "level": "ERROR"}
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[list[bytes]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append([data])
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(list(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+async def test_writes_in_one_turn_of_the_loop_go_out_as_one_in_order() -> None:
+    real = FakeTransport()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"ok")
+    assert real.writes == []  # held until the turn ends
+    await asyncio.sleep(0)
+    assert real.writes == [[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"ok"]]
+    transport.write(b"next")
+    transport.close()  # what is held goes first
+    assert real.writes[-1] == [b"next"] and real.closed
+    assert transport.get_extra_info("peername") == "info peername"
+
+
+async def test_a_large_write_goes_at_once_so_flow_control_sees_it() -> None:
+    real = FakeTransport()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"head")
+    transport.write(b"x" * CoalescingTransport.FLUSH_AT)
+    assert real.writes == [[b"head", b"x" * CoalescingTransport.FLUSH_AT]]
+    transport.write(b"tail")
+    await asyncio.sleep(0)
+    assert real.writes[-1] == [b"tail"]
+    real.closed = True
+    transport.write(b"too late")
+    await asyncio.sleep(0)
+    assert real.writes[-1] == [b"tail"]  # nothing is written to a closing transport
