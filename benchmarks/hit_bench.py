@@ -127,10 +127,22 @@ def installed(name: str) -> str:
 
 
 def bare_asgi(port: int, origin: str, scratch: Path) -> list[str]:
-    """`bytes_origin` on uvicorn, with the server settings `cdn edge` uses (loop and http: auto)."""
+    """`bytes_origin` on stock uvicorn (loop and http: auto): the origin behind every cache."""
     return [sys.executable, "-m", "uvicorn", "bytes_origin:app", "--app-dir", str(HERE),
             "--host", HOST, "--port", str(port), "--loop", "auto", "--http", "auto", "--lifespan", "off",
             "--no-date-header", "--no-server-header", "--no-access-log", "--log-level", "warning"]
+
+
+# uvicorn as `cdn edge` runs it (cdn.http_server's protocol), so the bare app and the edge share a server.
+ON_CDN_UVICORN = ("import sys; sys.path.insert(0, sys.argv[1]); from bytes_origin import app; import uvicorn; "
+                  "from cdn.cli import uvicorn_options; from edge.settings import EdgeSettings; "
+                  "options = uvicorn_options(EdgeSettings(log_level='warning'), proxy=True); "
+                  "options['lifespan'] = 'off'; uvicorn.run(app, host=sys.argv[2], port=int(sys.argv[3]), **options)")
+
+
+def bare_asgi_on_cdn_uvicorn(port: int, origin: str, scratch: Path) -> list[str]:
+    """`bytes_origin` on uvicorn with the options and protocol `cdn edge` runs the edge with."""
+    return [sys.executable, "-c", ON_CDN_UVICORN, str(HERE), HOST, str(port)]
 
 
 # The function `cdn edge --server granian` runs its app with, so both sides get the same granian settings.
@@ -202,7 +214,7 @@ EDGE_GRANIAN = Target("edge, granian", edge_on_granian, is_hit=edge_hit, server=
 TARGETS = (
     NGINX,
     VARNISH,
-    Target("bare ASGI, uvicorn", bare_asgi, server="uvicorn"),
+    Target("bare ASGI, uvicorn", bare_asgi_on_cdn_uvicorn, server="uvicorn"),
     EDGE,
     Target("edge, uvicorn, shield off", edge_without_shield, is_hit=edge_hit, server="uvicorn", cached=True),
     Target("bare ASGI, granian", bare_asgi_on_granian, server="granian"),

@@ -77,24 +77,30 @@ WORKER_SETTINGS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
 }
 
 
-def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any = None) -> int:
-    """Run `app` on the service's server, or with `workers` > 1, that many forked uvicorn processes each making one."""
-    import uvicorn
-
+def uvicorn_options(settings: Any, proxy: bool) -> dict[str, Any]:
+    """How every service runs on uvicorn (`proxy`: it keeps its upstream's Date and Server fields)."""
     from cdn import http_server
 
-    proxy = service in ("edge", "router")  # a proxy keeps its upstream's Date and Server fields
-    if getattr(settings, "server", "uvicorn") == "granian":
-        serving.run_granian(app, settings.host, settings.port, settings.log_level)
-        return 0
     # Idle client connections stay open 75 s (as nginx's default): clients that keep connections
     # alive for 5 s (Node's agents) would otherwise race the server closing them.
     options: dict[str, Any] = dict(log_level=settings.log_level, access_log=False, lifespan="on",
                                    date_header=not proxy, server_header=not proxy, timeout_graceful_shutdown=5,
                                    timeout_keep_alive=75, proxy_headers=False)  # the shield decides whose XFF to trust
-    # Deadlines and head limits uvicorn lacks; upgrades served as plain HTTP; logs written off the event loop.
+    # Deadlines and head limits uvicorn lacks; upgrades served as plain HTTP; writes of one loop turn sent
+    # together; logs written off the event loop.
     options.update(http=http_server.protocol_class(http_server.ClientLimits.of(settings)), ws="none",
                    log_config=http_server.queued_log_config(settings.log_level))
+    return options
+
+
+def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any = None) -> int:
+    """Run `app` on the service's server, or with `workers` > 1, that many forked uvicorn processes each making one."""
+    import uvicorn
+
+    if getattr(settings, "server", "uvicorn") == "granian":
+        serving.run_granian(app, settings.host, settings.port, settings.log_level)
+        return 0
+    options = uvicorn_options(settings, proxy=service in ("edge", "router"))
     if app is not None:
         uvicorn.run(app, host=settings.host, port=settings.port, **options)
         return 0
