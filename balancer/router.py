@@ -12,7 +12,6 @@ pools are `balancer.fleet`, connections to edges are `balancer.http_client`.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -22,10 +21,16 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from balancer.discovery import RegistryWatcher
-from balancer.http_client import BadRequestHead, HttpClient, Response, UpstreamError
 from balancer.fleet import EDGE_HEALTH_PATH, EdgeFleet, Route
 from balancer.geo import REGIONS, Coordinates, round_trip_ms
-from balancer.placement import GEO_HEADER, REGION_HEADER, CidrTable, Placement, place_client
+from balancer.http_client import BadRequestHead, HttpClient, Response, UpstreamError
+from balancer.placement import (
+    GEO_HEADER,
+    REGION_HEADER,
+    CidrTable,
+    Placement,
+    place_client,
+)
 from balancer.pool import Failure
 from balancer.router_metrics import router_registry
 from balancer.router_settings import RouterSettings
