@@ -48,13 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h11
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.h11_client import ConnectionClosed, HttpConnection  # noqa: E402
 from benchmarks.processes import (  # noqa: E402
     HOST,
     Service,
@@ -293,43 +292,6 @@ def measure_objects(objects: int) -> list[Row]:
 
 
 # -- 2. process memory under a long run of unique objects -------------------------------------------
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection driven by h11 (httpx's CPU per request would slow the run)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT)
-
-    @classmethod
-    async def open(cls, port: int) -> HttpConnection:
-        return cls(*await asyncio.open_connection(HOST, port))
-
-    async def get(self, target: str, headers: Sequence[tuple[str, str]] = ()) -> tuple[int, dict[str, str], int, bytes]:
-        """GET `target`: status, response fields, body length, and the body when it is small (admin answers)."""
-        self.writer.write(self.conn.send(h11.Request(method="GET", target=target, headers=[("host", SITE), *headers]))
-                          + self.conn.send(h11.EndOfMessage()))
-        status, fields, length, chunks = 0, {}, 0, []
-        while not isinstance(event := self.conn.next_event(), h11.EndOfMessage):
-            if event is h11.NEED_DATA:
-                received = await self.reader.read(262144)
-                if not received:
-                    raise BenchError(f"the edge closed the connection during GET {target}")
-                self.conn.receive_data(received)
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-                fields = {k.decode(): v.decode("latin-1") for k, v in event.headers}
-            elif isinstance(event, h11.Data):
-                length += len(event.data)
-                if length <= 65536:
-                    chunks.append(bytes(event.data))
-        self.conn.start_next_cycle()
-        return status, fields, length, b"".join(chunks)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 @dataclass
 class Sample:
     t: float  # seconds since the traffic started (negative before)
@@ -390,17 +352,17 @@ def object_sizes(mix: str, total: int, seed: int = 10) -> list[int]:
 
 
 async def sample_edge(edge: Service, stats: HttpConnection, t0: float, sent: int) -> Sample:
-    status, _, _, body = await stats.get("/_edge/stats", [("authorization", f"Bearer {ADMIN_TOKEN}")])
-    if status != 200:
-        raise BenchError(f"/_edge/stats answered {status}: {body[:200]!r}")
-    store = json.loads(body)["store"]
+    answer = await stats.exchange("GET", "/_edge/stats", [("authorization", f"Bearer {ADMIN_TOKEN}")])
+    if answer.status != 200:
+        raise BenchError(f"/_edge/stats answered {answer.status}: {answer.body[:200]!r}")
+    store = json.loads(answer.body)["store"]
     return Sample(time.monotonic() - t0, sent, rss_kib(edge.process.pid) * 1024, store["objects"], store["bytes"],
                   store["evictions"])
 
 
 async def drive(edge: Service, cache_size: int, sizes: Sequence[int]) -> Run:
     """Send every object once through `edge`, sampling its memory every second."""
-    stats = await HttpConnection.open(edge.port)
+    stats = await HttpConnection.open(HOST, edge.port, host=SITE)
     samples: list[Sample] = []
     t0 = time.monotonic() + SETTLE
     await asyncio.sleep(SETTLE / 2)
@@ -414,14 +376,14 @@ async def drive(edge: Service, cache_size: int, sizes: Sequence[int]) -> Run:
 
     async def client() -> None:
         nonlocal sent, not_stored
-        conn = await HttpConnection.open(edge.port)
+        conn = await HttpConnection.open(HOST, edge.port, host=SITE)
         try:
             for number in numbers:
                 size = sizes[number]
-                status, fields, length, _ = await conn.get(f"/obj/{number}?size={size}")
-                if status != 200 or length != size:
-                    raise BenchError(f"/obj/{number} gave {status} with {length} of {size} bytes")
-                if "stored" not in fields.get("cache-status", ""):
+                answer = await conn.exchange("GET", f"/obj/{number}?size={size}")
+                if answer.status != 200 or answer.length != size:
+                    raise BenchError(f"/obj/{number} gave {answer.status} with {answer.length} of {size} bytes")
+                if "stored" not in answer.fields.get("cache-status", ""):
                     not_stored += 1
                 sent += 1
         finally:
@@ -635,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = measure_objects(args.objects)
         if args.only != "objects":
             runs, sizes = measure_process((args.cache_size, args.small_cache), args.factor, args.mix)
-    except (BenchError, ServiceStartError) as exc:
+    except (BenchError, ServiceStartError, ConnectionClosed) as exc:
         print(f"memory_bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

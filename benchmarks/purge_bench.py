@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h11
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.h11_client import ConnectionClosed, HttpConnection  # noqa: E402
 from benchmarks.processes import (  # noqa: E402
     HOST,
     Service,
@@ -75,6 +74,9 @@ HEADER_BYTES = 200  # what the store is told the stored headers weigh; no header
 GOAL_P99_MS = 50.0
 GOAL_PURGES_PER_S = 1000.0
 GOAL_APPLY_MS = 100.0
+
+
+WHOLE = 1 << 30  # bytes of an answer kept: all of it
 
 
 class BenchError(Exception):
@@ -123,44 +125,22 @@ def running_fleet(scratch: Path, api_workers: int) -> Iterator[Fleet]:
         stop_all(services[::-1])
 
 
-# -- a light HTTP client ------------------------------------------------------------
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection driven by h11: httpx costs milliseconds of CPU per request on a small box."""
-
-    def __init__(self, url: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.host = url.removeprefix("http://")
-        self.reader = reader
-        self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT)
+# -- the purge API's client ----------------------------------------------------------
+class ApiConnection(HttpConnection):
+    """A connection to the purge API or an edge's admin endpoints: bearer token, JSON bodies read whole."""
 
     @classmethod
-    async def open(cls, url: str) -> HttpConnection:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        return cls(url, reader, writer)
+    async def connect(cls, url: str) -> ApiConnection:
+        address, port = url.removeprefix("http://").split(":")
+        return await cls.open(address, int(port))  # type: ignore[return-value]
 
     async def request(self, method: str, target: str, body: bytes = b"", token: str = TOKEN) -> tuple[int, bytes]:
         """Send one request and read the whole response: its status and body."""
-        headers = [("host", self.host), ("authorization", f"Bearer {token}")]
+        headers = [("authorization", f"Bearer {token}")]
         if method == "POST":
             headers += [("content-type", "application/json"), ("content-length", str(len(body)))]
-        data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
-        if body:
-            data += self.conn.send(h11.Data(data=body))
-        self.writer.write(data + self.conn.send(h11.EndOfMessage()))
-        status, chunks = 0, []
-        while not isinstance(event := self.conn.next_event(), h11.EndOfMessage):
-            if event is h11.NEED_DATA:
-                received = await self.reader.read(65536)
-                if not received:
-                    raise BenchError(f"{self.host} closed the connection during {method} {target}")
-                self.conn.receive_data(received)
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-        self.conn.start_next_cycle()
-        return status, b"".join(chunks)
+        answer = await self.exchange(method, target, headers, body, keep=WHOLE)
+        return answer.status, answer.body
 
     async def json(self, method: str, target: str, payload: Any = None, expect: int = 200, token: str = TOKEN) -> Any:
         body = b"" if payload is None else json.dumps(payload).encode()
@@ -168,9 +148,6 @@ class HttpConnection:
         if status != expect:
             raise BenchError(f"{method} {target} gave {status}, expected {expect}: {answer[:300]!r}")
         return json.loads(answer)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def tag_purge(tag: str) -> bytes:
@@ -273,7 +250,7 @@ class Sample:
     misreported: bool  # the answer had an edge without an ack time, which a second look found
 
 
-async def purge_once(api: HttpConnection, tag: str) -> Sample:
+async def purge_once(api: ApiConnection, tag: str) -> Sample:
     """POST a tag purge, then GET its status with ?wait=5; the ack times come from the edges' acks."""
     sent = time.time()
     status, body = await api.request("POST", "/purges", tag_purge(tag))
@@ -297,7 +274,7 @@ async def purge_once(api: HttpConnection, tag: str) -> Sample:
     return Sample(purge_id, to_edges, logged, answered, misreported)
 
 
-async def measure_propagation(fleet: Fleet, api: HttpConnection, notifier: Notifier, purges: int) -> Propagation:
+async def measure_propagation(fleet: Fleet, api: ApiConnection, notifier: Notifier, purges: int) -> Propagation:
     """`purges` purges one at a time, each right after one baseline notification, so noise falls on both alike."""
     result = Propagation()
     edges, readers = [e.pgid for e in fleet.edges], [r.pgid for r in fleet.readers]
@@ -341,7 +318,7 @@ class Load:
         return self.cpu[kind] * 1e6 / self.requests
 
 
-async def closed_loop(connections: list[HttpConnection], send: Callable[[HttpConnection], Awaitable[int]],
+async def closed_loop(connections: list[ApiConnection], send: Callable[[ApiConnection], Awaitable[int]],
                       duration: float, groups: dict[str, list[int]]) -> Load:
     """Every connection sends its next request as soon as the last one answered, until `duration` is over."""
     latencies: list[float] = []
@@ -351,7 +328,7 @@ async def closed_loop(connections: list[HttpConnection], send: Callable[[HttpCon
     start = time.perf_counter()
     deadline = start + duration
 
-    async def worker(conn: HttpConnection) -> None:
+    async def worker(conn: ApiConnection) -> None:
         while time.perf_counter() < deadline:
             began = time.perf_counter()
             statuses[await send(conn)] += 1
@@ -378,13 +355,13 @@ class Throughput:
     redis_bytes_per_purge: list[float] = field(default_factory=list)
 
 
-async def applied_counts(edges: list[HttpConnection]) -> list[int]:
+async def applied_counts(edges: list[ApiConnection]) -> list[int]:
     """Each edge's purges_applied counter (its admin stats)."""
     stats = [await e.json("GET", "/_edge/stats", token=ADMIN_TOKEN) for e in edges]
     return [s["counters"].get("purges_applied", 0) for s in stats]
 
 
-async def wait_caught_up(api: HttpConnection, edges: list[HttpConnection], last: str, targets: list[int],
+async def wait_caught_up(api: ApiConnection, edges: list[ApiConnection], last: str, targets: list[int],
                          since: float) -> float | None:
     """Seconds from `since` until every edge applied through position `last` and its counter reached its target.
 
@@ -412,14 +389,14 @@ async def measure_throughput(fleet: Fleet, redis: Any, duration: float, rounds: 
               "edges": [e.pgid for e in fleet.edges]}
     edge_pgids = groups["edges"]
     result = Throughput()
-    connections = [await HttpConnection.open(fleet.api.url) for _ in range(CONCURRENCY)]
-    edge_stats = [await HttpConnection.open(e.url) for e in fleet.edges]
+    connections = [await ApiConnection.connect(fleet.api.url) for _ in range(CONCURRENCY)]
+    edge_stats = [await ApiConnection.connect(e.url) for e in fleet.edges]
     serial = 0
 
-    async def health(conn: HttpConnection) -> int:
+    async def health(conn: ApiConnection) -> int:
         return (await conn.request("GET", "/health"))[0]
 
-    async def purge(conn: HttpConnection) -> int:
+    async def purge(conn: ApiConnection) -> int:
         nonlocal serial
         serial += 1
         return (await conn.request("POST", "/purges", tag_purge(f"bench-load-{serial}")))[0]
@@ -478,7 +455,7 @@ async def measure_throughput(fleet: Fleet, redis: Any, duration: float, rounds: 
 
 
 # -- the fleet, in order ------------------------------------------------------------
-async def wait_for_live_edges(api: HttpConnection, timeout: float) -> None:
+async def wait_for_live_edges(api: ApiConnection, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     live = 0
     while time.monotonic() < deadline:
@@ -492,7 +469,7 @@ async def wait_for_live_edges(api: HttpConnection, timeout: float) -> None:
 async def measure_fleet(fleet: Fleet, purges: int, duration: float, rounds: int) -> tuple[Propagation, Throughput]:
     import redis.asyncio as aioredis
 
-    api = await HttpConnection.open(fleet.api.url)
+    api = await ApiConnection.connect(fleet.api.url)
     notifier = Notifier(fleet.redis_url, EDGES)
     redis = aioredis.from_url(fleet.redis_url, decode_responses=True)
     try:
@@ -518,8 +495,8 @@ def make_entries(count: int, tagged: bool) -> list[Entry]:
         body = f"product {i} ".encode().ljust(BODY_SIZE, b".")
         if tagged:
             entries.append(Entry(key=url, url=url, body=body, header_bytes=HEADER_BYTES,
-                                 tags=frozenset(("products", f"product-{i}"))))
-        else:  # the field's shared default: no tag set of its own
+                                 tags=("products", f"product-{i}")))
+        else:  # the field's shared default: no tags of its own
             entries.append(Entry(key=url, url=url, body=body, header_bytes=HEADER_BYTES))
     return entries
 
@@ -582,7 +559,7 @@ class Memory:
     """Bytes per object, from tracemalloc."""
 
     entries_plain: float  # Entry objects with key, url and body, no tags
-    entry_tags: float  # what the two tags add to each Entry (frozenset and the unique tag's string)
+    entry_tags: float  # what the two tags add to each Entry (a tuple, as the edge keeps them; the unique tag)
     store_plain: float  # the store's bookkeeping (LRU, URL index) for untagged entries
     store_tagged: float  # the same for entries with two tags each
 
@@ -738,7 +715,7 @@ def report_memory(memory: Memory) -> None:
          f"{memory.store_tagged / memory.store_plain:.2f}"),
         ("the tag index alone (the difference)", f"{memory.tag_index:.0f}",
          f"{memory.tag_index / memory.store_plain:.2f}"),
-        ("the tags on each Entry (frozenset, unique tag string)", f"{memory.entry_tags:.0f}",
+        ("the tags on each Entry (tuple, unique tag string)", f"{memory.entry_tags:.0f}",
          f"{memory.entry_tags / memory.store_plain:.2f}"),
     ]
     print_table(("", "B/object", "vs untagged bookkeeping"), rows)
@@ -798,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_times = measure_apply(args.apply_rounds)
         print("  memory (tracemalloc) ...", file=sys.stderr, flush=True)
         memory = measure_memory()
-    except (BenchError, ServiceStartError) as exc:
+    except (BenchError, ServiceStartError, ConnectionClosed) as exc:
         print(f"purge_bench: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
