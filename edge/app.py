@@ -86,6 +86,7 @@ HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-m
 
 UNKEPT = frozenset({"content-length", "age"})  # stored fields an entry does not keep
 HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
+AGE_CAP = 2**31  # the largest Age sent (RFC 9111 §1.2.2)
 COOKED = 1024  # entries whose delivery fields the fast hit path keeps read as pairs (the last ones hit)
 
 
@@ -226,8 +227,9 @@ class Edge:
         self._via = f"1.1 {settings.id}"
         self._served_by = (b"x-served-by", f"{settings.id}; region={settings.region}".encode())
         self._status_id = self.id.encode()  # the first member of our Cache-Status entries
+        self._hit_status = self._status_id + b"; hit; ttl="
         self._hit_keys: dict[tuple[bytes, bytes | str, bytes | None], str] = {}
-        self._cooked: dict[str, tuple[Stored, list[tuple[bytes, bytes]]]] = {}  # key -> (its Stored, its wire)
+        self._cooked: dict[str, tuple[Stored, list[tuple[bytes, bytes]]]] = {}  # key -> (its Stored, its fields)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
         self.metrics = EdgeMetrics(self)
@@ -411,31 +413,38 @@ class Edge:
         meta: Stored = entry.meta
         freshness = meta.freshness
         now = time.time()
-        age = freshness.age(now)
+        age = now - freshness.response_time  # freshness.age(now), inline
+        age = freshness.initial_age + (age if age > 0.0 else 0.0)
+        ttl = freshness.lifetime - age
         # rfc.reuse for a request without directives: FRESH exactly when this holds.
-        if meta.vary or freshness.no_cache or entry.soft_purged or freshness.lifetime - age <= 0:
+        if ttl <= 0 or meta.vary or freshness.no_cache or entry.soft_purged:
             return False
         self.store.touch(entry)
+        cooked = self._cooked.get(key)
+        if cooked is None or cooked[0] is not meta:  # not another (purged, refetched) entry's fields
+            cooked = self.cook(key, entry)
         counters = self.counters
         counters["hit"] = counters.get("hit", 0) + 1
-        body = entry.body if scope["method"] == "GET" else b""
-        counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
-        headers = [*self.cooked_wire(key, meta), (b"content-length", b"%d" % len(entry.body)),
-                   *self.hit_fields(meta, now, "hit", age=age)]
+        if scope["method"] == "GET":
+            body = entry.body
+            counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
+        else:
+            body = b""
+        headers = [*cooked[1], (b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)),
+                   (b"cache-status", self._hit_status + b"%d" % ttl), self._served_by]
         await send({"type": "http.response.start", "status": meta.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
 
-    def cooked_wire(self, key: str, meta: Stored) -> list[tuple[bytes, bytes]]:
-        """`meta.wire`, kept read for the last COOKED entries served, so a hot entry is not parsed per hit."""
-        cooked = self._cooked.get(key)
-        if cooked is not None and cooked[0] is meta:  # not another (purged, refetched) entry's fields
-            return cooked[1]
-        wire = meta.wire
+    def cook(self, key: str, entry: Entry) -> tuple[Stored, list[tuple[bytes, bytes]]]:
+        """An entry's delivery fields with its Content-Length, read once and kept for the last COOKED entries
+        served, so a hot entry is not parsed per hit: (its Stored, the fields), checked against the entry's."""
+        meta: Stored = entry.meta
+        cooked = (meta, [*meta.wire, (b"content-length", b"%d" % len(entry.body))])
         if len(self._cooked) >= COOKED:
             del self._cooked[next(iter(self._cooked))]  # the longest kept
-        self._cooked[key] = (meta, wire)
-        return wire
+        self._cooked[key] = cooked
+        return cooked
 
     def hit_key(self, host: bytes, scope: Scope) -> str | None:
         """The cache key of a fast-path request (None: refused), remembered for the hosts and targets seen last."""
@@ -966,7 +975,7 @@ class Edge:
         status += b"; ttl=%d" % (ttl if ttl > -1e9 else 0)
         if detail:
             status += b"; detail=" + detail.encode()
-        return [(b"age", b"%d" % min(age, 2**31)), (b"cache-status", status), self._served_by]
+        return [(b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)), (b"cache-status", status), self._served_by]
 
     @staticmethod
     def if_range_holds(request: ClientRequest, meta: Stored) -> bool:
