@@ -55,7 +55,7 @@ from benchmarks.processes import (  # noqa: E402
     wait_until_listening,
 )
 from edge.purge_listener import apply_purge  # noqa: E402
-from edge.store import ENTRY_OVERHEAD, Entry, Store  # noqa: E402
+from edge.store import ENTRY_OVERHEAD, TAG_OVERHEAD, Entry, Store  # noqa: E402
 from purge_api.log import Purge, after  # noqa: E402
 
 TOKEN = "bench-token"
@@ -721,9 +721,9 @@ def report_memory(memory: Memory) -> None:
     print_table(("", "B/object", "vs untagged bookkeeping"), rows)
     not_the_entry = sys.getsizeof(bytes(BODY_SIZE)) + 8  # the body object, and the entry's slot in our list
     real = memory.entries_plain - not_the_entry + memory.entry_tags + memory.store_tagged
-    charged = ENTRY_OVERHEAD + len("products") + len(f"product-{OBJECTS // 2}")
+    charged = ENTRY_OVERHEAD + sum(TAG_OVERHEAD + len(tag) for tag in ("products", f"product-{OBJECTS // 2}"))
     print(f"  everything per entry but the body (Entry, key, tags, LRU, indexes): {real:.0f} B; the store charges "
-          f"ENTRY_OVERHEAD + tag lengths = {charged} B for it ({real / charged:.2f}x what it charges)")
+          f"ENTRY_OVERHEAD + TAG_OVERHEAD and length per tag = {charged} B for it ({real / charged:.2f}x what it charges)")
 
 
 # -- main -----------------------------------------------------------------------

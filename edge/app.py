@@ -164,34 +164,39 @@ class ClientRequest:
 class Stored:
     """What the request path keeps beside an entry's body (the store's `Entry.meta`).
 
-    The stored fields are held once, in one bytes object: the ones a hit delivers as
-    `block` (b"name\0value\0name\0value"; `wire` reads it as pairs), the few it does not
-    in `held`. `headers` reads them all as text for the rest of the request path.
+    The stored fields are held once, as bytes (b"name\0value\0name\0value"): the ones a hit
+    delivers in `block` (`wire` reads it as pairs), the few it does not in `held`. `headers`
+    reads them all as text for the rest of the request path.
     """
 
     status: int
     freshness: rfc.Freshness
     vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
     block: bytes  # delivery fields: no Age, Content-Length or targeted fields
-    held: tuple[tuple[bytes, bytes], ...] = ()  # stored fields a hit does not deliver (targeted and tag fields)
+    held: bytes = b""  # stored fields a hit does not deliver (targeted and tag fields)
 
     @property
     def wire(self) -> list[tuple[bytes, bytes]]:
         """The delivery fields as (name, value) pairs, read from `block` on each call."""
-        if not self.block:
-            return []
-        parts = iter(self.block.split(b"\0"))
-        return list(zip(parts, parts))
+        return field_pairs(self.block)
 
     @property
     def headers(self) -> Headers:
         """The stored response's end-to-end fields (but Age and Content-Length), built on each call."""
-        return Headers.from_stored(self.wire, self.held)
+        return Headers.from_stored(field_pairs(self.block), field_pairs(self.held))
 
 
 def field_block(fields: list[tuple[bytes, bytes]]) -> bytes:
     """`Stored.block` for `fields`, whose names and values hold no NUL (HTTP's parsers refuse one)."""
     return b"\0".join([part for field in fields for part in field])
+
+
+def field_pairs(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The (name, value) pairs of a `field_block`."""
+    if not block:
+        return []
+    parts = iter(block.split(b"\0"))
+    return list(zip(parts, parts))
 
 
 def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -713,9 +718,9 @@ class Edge:
             if k not in UNKEPT and "\0" not in v:
                 (held if k in self._strip else wire).append((k.encode("latin-1"), v.encode("latin-1")))
         key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
-        block = field_block(wire)
-        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(block, held),
-                     tags=tuple(tags), meta=Stored(status, freshness, vary, block, tuple(held) if held else ()))
+        block, kept_aside = field_block(wire), field_block(held)
+        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(block, kept_aside),
+                     tags=tuple(tags), meta=Stored(status, freshness, vary, block, kept_aside))
 
     def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""

@@ -7,27 +7,27 @@ delete, purge) goes through `_unlink`, so the indexes stay exact.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from cachetools import Cache, LRUCache
 
 # What an entry costs in memory beyond its body, as measured with tracemalloc through the edge's own
 # miss path (tests/test_store_memory.py keeps these at or above the real cost): per entry the Entry,
-# its metadata and key, the LRU's links and the URL index; per tag, its index entry and its share of a tag set.
-ENTRY_OVERHEAD = 800
-TAG_OVERHEAD = 220
-# Stored header fields: the delivered ones in one bytes object (BLOCK_OVERHEAD beyond its text and
-# separators), the rare others as (name, value) pairs (PAIR_OVERHEAD each, with their tuple and slot).
+# its metadata and key, the LRU's links and the URL index; per tag, its index entry and its share of
+# a tag's keys. Both allow for the indexes' dicts having just grown (a dict key costs 21 to 60 bytes).
+ENTRY_OVERHEAD = 800  # 640 measured at 20,000 entries
+TAG_OVERHEAD = 140  # a tag only this entry carries: its string (49 + length), an index key, a tuple slot
+# Stored header fields are kept as bytes objects (BLOCK_OVERHEAD each beyond its text and separators).
 BLOCK_OVERHEAD = 40
-PAIR_OVERHEAD = 150
 
 
-def stored_fields_size(block: bytes, pairs: Iterable[tuple[bytes, bytes]] = ()) -> int:
-    """Memory the header fields of one entry take, as the store charges it."""
-    return BLOCK_OVERHEAD + len(block) + sum(PAIR_OVERHEAD + len(k) + len(v) for k, v in pairs)
+def stored_fields_size(*blocks: bytes) -> int:
+    """Memory the header fields of one entry take, as the store charges it: `blocks` are its bytes objects."""
+    return sum(BLOCK_OVERHEAD + len(block) for block in blocks if block)
 
 
 # Purges remembered to judge responses that were being fetched while they were applied.
@@ -41,15 +41,15 @@ class Entry:
     key: str  # unique per variant
     url: str  # the URL key all variants of a resource share
     body: bytes
-    header_bytes: int
+    header_bytes: InitVar[int]  # memory its header fields take: counted in `size`, not kept
     tags: Collection[str] = ()  # a tuple: a frozenset of two costs 216 bytes, a tuple 56
     meta: Any = None
     soft_purged: bool = False
     serial: int = 0  # the store's purge serial when it was stored
     size: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.size = len(self.body) + self.header_bytes + ENTRY_OVERHEAD + sum(TAG_OVERHEAD + len(t) for t in self.tags)
+    def __post_init__(self, header_bytes: int) -> None:
+        self.size = len(self.body) + header_bytes + ENTRY_OVERHEAD + sum(TAG_OVERHEAD + len(t) for t in self.tags)
 
 
 class _EvictingLRU(LRUCache):
@@ -76,10 +76,11 @@ class Store:
         self.capacity = capacity
         self.max_object_size = min(max_object_size, capacity)
         self._lru = _EvictingLRU(capacity, self._unlink)
-        # The indexes hold a lone member as itself, and a set or dict only from the second one on:
-        # most URLs have one variant and many tags one entry, and an empty dict or set costs 200 bytes.
+        # The indexes hold a lone member as itself, and a dict of them only from the second one on:
+        # most URLs have one variant and many tags one entry, and an empty dict costs 200 bytes. A tag's
+        # keys are a dict (key -> None), not a set: a set of 20,000 keys takes 105 bytes a key, a dict 33.
         self._by_url: dict[str, Entry | dict[str, Entry]] = {}  # url -> its variant, or key -> variant
-        self._by_tag: dict[str, str | set[str]] = {}  # tag -> the key of its entry, or the keys
+        self._by_tag: dict[str, str | dict[str, None]] = {}  # tag -> the key of its entry, or the keys
         self.evictions = 0
         # Every purge gets a serial; a fetch notes the serial when it starts, and what it brings
         # back is not stored if a hard purge since then matches it (stored as already stale for
@@ -190,15 +191,21 @@ class Store:
             self._by_url[entry.url] = {variants.key: variants, entry.key: entry}  # keys differ: replaced ones left
         else:
             variants[entry.key] = entry
-        for tag in entry.tags:
-            keys = self._by_tag.get(tag)
-            if keys is None:
-                self._by_tag[tag] = entry.key
-            elif isinstance(keys, str):
-                self._by_tag[tag] = {keys, entry.key}
-            else:
-                keys.add(entry.key)
+        if entry.tags:
+            entry.tags = tuple(self._index_tag(tag, entry.key) for tag in entry.tags)
         return True
+
+    def _index_tag(self, tag: str, key: str) -> str:
+        """Add `key` to `tag`'s keys; the tag as entries should hold it (one string for a tag many entries carry)."""
+        keys = self._by_tag.get(tag)
+        if keys is None:
+            self._by_tag[tag] = key
+            return tag
+        if isinstance(keys, str):
+            self._by_tag[tag] = {keys: None, key: None}
+        else:
+            keys[key] = None
+        return sys.intern(tag)
 
     def delete(self, key: str) -> bool:
         entry = self._lru.peek(key)
@@ -220,8 +227,8 @@ class Store:
                 self._by_url[entry.url] = next(iter(variants.values()))
         for tag in entry.tags:
             tagged = self._by_tag.get(tag)
-            if isinstance(tagged, set):
-                tagged.discard(entry.key)
+            if isinstance(tagged, dict):
+                tagged.pop(entry.key, None)
                 if len(tagged) == 1:
                     self._by_tag[tag] = next(iter(tagged))
             elif tagged == entry.key:
