@@ -550,7 +550,7 @@ def describe_code() -> str:
     """The commit measured, and the files of the services that differ from it (memory moves with the code)."""
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
+        return done.stdout.rstrip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = [line[3:] for line in git("status", "--porcelain", "--", "edge", "cdn").splitlines()]

@@ -160,9 +160,10 @@ class ClientRequest:
         )
 
 
-@dataclass(slots=True)
-class Stored:
-    """What the request path keeps beside an entry's body (the store's `Entry.meta`).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stored(rfc.Freshness):
+    """What the request path keeps beside an entry's body (the store's `Entry.meta`): the response's
+    freshness (it is its own rfc.Freshness: one object fewer per entry), status, Vary and fields.
 
     The stored fields are held once, as bytes (b"name\0value\0name\0value"): the ones a hit
     delivers in `block` (`wire` reads it as pairs), the few it does not in `held`. `headers`
@@ -170,7 +171,6 @@ class Stored:
     """
 
     status: int
-    freshness: rfc.Freshness
     vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
     block: bytes  # delivery fields: no Age, Content-Length or targeted fields
     held: bytes = b""  # stored fields a hit does not deliver (targeted and tag fields)
@@ -416,13 +416,12 @@ class Edge:
         if entry is None:
             return False
         meta: Stored = entry.meta
-        freshness = meta.freshness
         now = time.time()
-        age = now - freshness.response_time  # freshness.age(now), inline
-        age = freshness.initial_age + (age if age > 0.0 else 0.0)
-        ttl = freshness.lifetime - age
+        age = now - meta.response_time  # meta.age(now) inline, with conditionals: calling max() costs more
+        age = meta.initial_age + (age if age > 0.0 else 0.0)
+        ttl = meta.lifetime - age
         # rfc.reuse for a request without directives: FRESH exactly when this holds.
-        if ttl <= 0 or meta.vary or freshness.no_cache or entry.soft_purged:
+        if ttl <= 0 or meta.vary or meta.no_cache or entry.soft_purged:
             return False
         self.store.touch(entry)
         cooked = self._cooked.get(key)
@@ -480,7 +479,7 @@ class Edge:
         for entry in variants:
             meta: Stored = entry.meta
             if all(normalise_selecting_value(name, request.headers.get_all(name)) == value for name, value in meta.vary):
-                if best is None or meta.freshness.response_time > best.meta.freshness.response_time:
+                if best is None or meta.response_time > best.meta.response_time:
                     best = entry
         if best is not None:
             self.store.touch(best)
@@ -502,7 +501,7 @@ class Edge:
             await self.fetch(request, send, None, "vary-miss" if had_variants else "miss")
             return
         now = time.time()
-        decision = rfc.reuse(entry.meta.freshness, request.directives, now, entry.soft_purged)
+        decision = rfc.reuse(entry.meta, request.directives, now, entry.soft_purged)
         if decision is rfc.Reuse.FRESH:
             self.count("hit")
             await self.deliver(request, entry, send, "hit", now)
@@ -569,8 +568,8 @@ class Edge:
         if entry is None or entry.soft_purged:
             return False
         now = time.time()
-        fetched_for_us = entry.meta.freshness.response_time >= waited_since
-        if not fetched_for_us and rfc.reuse(entry.meta.freshness, request.directives, now) is not rfc.Reuse.FRESH:
+        fetched_for_us = entry.meta.response_time >= waited_since
+        if not fetched_for_us and rfc.reuse(entry.meta, request.directives, now) is not rfc.Reuse.FRESH:
             return False
         self.count("coalesced_hit")
         await self.deliver(request, entry, send, None, now, fwd=f"fwd={reason}; collapsed")
@@ -658,7 +657,7 @@ class Edge:
                 await self.freshen(request, send, stale, resp_headers, request_time, response_time, serial)
                 return
             if stale is not None and response.status >= 500 and rfc.may_serve_stale_on_error(
-                stale.meta.freshness, request.directives, response_time
+                stale.meta, request.directives, response_time
             ):
                 self.count("stale_if_error")
                 await self.deliver(request, stale, send, "hit", response_time, detail="stale-if-error",
@@ -681,7 +680,7 @@ class Edge:
 
     async def origin_failed(self, request: ClientRequest, send: Send, stale: Entry | None, exc: OriginError) -> None:
         now = time.time()
-        if stale is not None and rfc.may_serve_stale_on_error(stale.meta.freshness, request.directives, now):
+        if stale is not None and rfc.may_serve_stale_on_error(stale.meta, request.directives, now):
             self.count("stale_if_error")
             await self.deliver(request, stale, send, "hit", now, detail="stale-if-error", fwd="fwd=stale; fwd-status=0")
             return
@@ -695,10 +694,10 @@ class Edge:
 
     def within_grace(self, entry: Entry, now: float) -> bool:
         """The operator's grace: stale while no origin is available, unless the response forbids stale serving."""
-        freshness = entry.meta.freshness
-        if self.settings.stale_grace <= 0 or freshness.must_revalidate or freshness.no_cache:
+        meta: Stored = entry.meta
+        if self.settings.stale_grace <= 0 or meta.must_revalidate or meta.no_cache:
             return False
-        return -freshness.ttl(now) <= self.settings.stale_grace
+        return -meta.ttl(now) <= self.settings.stale_grace
 
     def make_entry(self, request: ClientRequest, status: int, headers: Headers, body: bytes,
                    request_time: float, response_time: float) -> Entry:
@@ -706,12 +705,11 @@ class Edge:
         stored = headers.remove(rfc.stored_fields_to_drop(headers, self.policy))
         if "date" not in stored:
             stored.items.append(("date", format_http_date(response_time)))  # RFC 9110 §6.6.1
-        freshness = rfc.assess(status, stored, request_time, response_time, self.policy)
         names = parse_vary(stored.get_all("vary")) or ()
         vary = tuple((n, normalise_selecting_value(n, request.headers.get_all(n))) for n in names)
         tags = surrogate_keys(stored.get_all("surrogate-key"), stored.get_all("cache-tag"))
         # Held as long as the entry, once, as bytes: the delivered fields in one block (see Stored).
-        # Content-Length is the body's, and Age is worked out from `freshness`: neither is kept.
+        # Content-Length is the body's, and Age is worked out from the freshness: neither is kept.
         wire: list[tuple[bytes, bytes]] = []
         held: list[tuple[bytes, bytes]] = []
         for k, v in stored.items:
@@ -719,8 +717,10 @@ class Edge:
                 (held if k in self._strip else wire).append((k.encode("latin-1"), v.encode("latin-1")))
         key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
         block, kept_aside = field_block(wire), field_block(held)
+        meta = rfc.assess(status, stored, request_time, response_time, self.policy, Stored,
+                          status=status, vary=vary, block=block, held=kept_aside)
         return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(block, kept_aside),
-                     tags=tuple(tags), meta=Stored(status, freshness, vary, block, kept_aside))
+                     tags=tuple(tags), meta=meta)
 
     def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""
@@ -935,7 +935,7 @@ class Edge:
         meta: Stored = entry.meta
         extra = self.hit_fields(meta, now, hit, detail, fwd)
         if (meta.status == 200 and ("if-none-match" in request.headers or "if-modified-since" in request.headers)
-                and rfc.not_modified(request.headers, meta.headers, meta.freshness.response_time)):
+                and rfc.not_modified(request.headers, meta.headers, meta.response_time)):
             headers = [(k, v) for k, v in meta.wire if k.decode("latin-1") in rfc.NOT_MODIFIED_FIELDS]
             await send({"type": "http.response.start", "status": 304, "headers": headers + extra})
             await send({"type": "http.response.body", "body": b""})
@@ -970,8 +970,8 @@ class Edge:
                    fwd: str | None = None, age: float | None = None) -> list[tuple[bytes, bytes]]:
         """Age, Cache-Status (RFC 9211) and X-Served-By of an answer from the cache (`age`: at `now`, if known)."""
         if age is None:
-            age = meta.freshness.age(now)
-        ttl = meta.freshness.lifetime - age
+            age = meta.age(now)
+        ttl = meta.lifetime - age
         status = self._status_id
         if hit:
             status += b"; " + hit.encode()

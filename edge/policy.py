@@ -8,7 +8,9 @@ The edge is a shared cache; it also honours the targeted fields CDN-Cache-Contro
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from edge.headers import (
     AGE_INVALID,
@@ -143,6 +145,9 @@ class Freshness:
         return self.lifetime - self.age(now)
 
 
+F = TypeVar("F", bound=Freshness)
+
+
 def _seconds(d: Directives, name: str) -> float:
     value = d.seconds(name)
     return float(value) if value and value > 0 else 0.0
@@ -188,10 +193,12 @@ def initial_age(headers: Headers, request_time: float, response_time: float) -> 
     return max(apparent_age, age_value + response_delay)
 
 
-def assess(status: int, headers: Headers, request_time: float, response_time: float, policy: CachePolicy) -> Freshness:
-    """The Freshness of a response received at `response_time` for a request sent at `request_time`."""
+def assess(status: int, headers: Headers, request_time: float, response_time: float, policy: CachePolicy,
+           kind: Callable[..., F] = Freshness, /, **more: Any) -> F:
+    """The Freshness of a response received at `response_time` for a request sent at `request_time`
+    (as `kind`, a subclass of Freshness, with the fields `more` gives it)."""
     source, d = governing_directives(headers, policy)
-    return Freshness(
+    return kind(
         lifetime=freshness_lifetime(status, headers, response_time, policy),
         initial_age=initial_age(headers, request_time, response_time),
         response_time=response_time,
@@ -200,6 +207,7 @@ def assess(status: int, headers: Headers, request_time: float, response_time: fl
                          ("s-maxage" in d and source != "surrogate-control")),
         stale_while_revalidate=_seconds(d, "stale-while-revalidate"),
         stale_if_error=_seconds(d, "stale-if-error"),
+        **more,
     )
 
 

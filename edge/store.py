@@ -142,8 +142,8 @@ class Store:
         return entry
 
     def touch(self, entry: Entry) -> None:
-        """Mark `entry` as just used (LRU)."""
-        self._lru.get(entry.key)
+        """Mark `entry`, a stored one, as just used (LRU)."""
+        self._lru[entry.key]  # LRUCache.__getitem__ moves it to the end
 
     def get(self, key: str) -> Entry | None:
         entry = self._lru.get(key)
