@@ -44,7 +44,12 @@ def run_granian(app: Any, host: str, port: int, log_level: str) -> None:
             loop.add_signal_handler(signum, server.stop)
         await server.serve()
 
-    asyncio.run(main())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 def bind(host: str, port: int) -> socket.socket:
