@@ -78,7 +78,7 @@ class Store:
         self._lru = _EvictingLRU(capacity, self._unlink)
         # The indexes hold a lone member as itself, and a dict of them only from the second one on:
         # most URLs have one variant and many tags one entry, and an empty dict costs 200 bytes. A tag's
-        # keys are a dict (key -> None), not a set: a set of 20,000 keys takes 105 bytes a key, a dict 33.
+        # keys are a dict (key -> None), not a set: at 20,000 keys a set takes 105 bytes a key, a dict 21.
         self._by_url: dict[str, Entry | dict[str, Entry]] = {}  # url -> its variant, or key -> variant
         self._by_tag: dict[str, str | dict[str, None]] = {}  # tag -> the key of its entry, or the keys
         self.evictions = 0
