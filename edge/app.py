@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from cdn.access_log import access_logger
 from cdn.asgi import run_lifespan
+from cdn.http_server import CHECKED_FIELDS, fields_checked
 from edge import policy as rfc
 from edge.headers import (
     Directives,
@@ -233,8 +234,9 @@ class Edge:
         self._served_by = (b"x-served-by", f"{settings.id}; region={settings.region}".encode())
         self._status_id = self.id.encode()  # the first member of our Cache-Status entries
         self._hit_status = self._status_id + b"; hit; ttl="
+        self._own_fields_checked = fields_checked([self._served_by, (b"cache-status", self._hit_status + b"1")])
         self._hit_keys: dict[tuple[bytes, bytes | str, bytes | None], str] = {}
-        self._cooked: dict[str, tuple[Stored, list[tuple[bytes, bytes]]]] = {}  # key -> (its Stored, its fields)
+        self._cooked: dict[str, tuple[Stored, list[tuple[bytes, bytes]], bool]] = {}  # key -> cook(key, entry)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
         self.metrics = EdgeMetrics(self)
@@ -436,15 +438,21 @@ class Edge:
             body = b""
         headers = [*cooked[1], (b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)),
                    (b"cache-status", self._hit_status + b"%d" % ttl), self._served_by]
-        await send({"type": "http.response.start", "status": meta.status, "headers": headers})
+        start = {"type": "http.response.start", "status": meta.status, "headers": headers}
+        if cooked[2]:
+            start[CHECKED_FIELDS] = len(body)  # our server writes them without checking each again
+        await send(start)
         await send({"type": "http.response.body", "body": body})
         return True
 
-    def cook(self, key: str, entry: Entry) -> tuple[Stored, list[tuple[bytes, bytes]]]:
+    def cook(self, key: str, entry: Entry) -> tuple[Stored, list[tuple[bytes, bytes]], bool]:
         """An entry's delivery fields with its Content-Length, read once and kept for the last COOKED entries
-        served, so a hot entry is not parsed per hit: (its Stored, the fields), checked against the entry's."""
+        served, so a hot entry is not parsed per hit: (its Stored, the fields, whether they and the fields
+        a hit adds passed `fields_checked`), checked against the entry's Stored."""
         meta: Stored = entry.meta
-        cooked = (meta, [*meta.wire, (b"content-length", b"%d" % len(entry.body))])
+        wire = meta.wire
+        cooked = (meta, [*wire, (b"content-length", b"%d" % len(entry.body))],
+                  self._own_fields_checked and fields_checked(wire))
         if len(self._cooked) >= COOKED:
             del self._cooked[next(iter(self._cooked))]  # the longest kept
         self._cooked[key] = cooked

@@ -16,6 +16,8 @@ from typing import Any
 
 import uvicorn
 
+from cdn.http_server import ClientLimits, protocol_class
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,9 +43,11 @@ class ThreadServer:
         self.app = app
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # A proxy (an edge, the front door) runs on the server `cdn` runs it on (cdn.http_server's protocol).
+        protocol = {"http": protocol_class(ClientLimits())} if proxy else {}
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 proxy_headers=False,
-                                access_log=False, date_header=not proxy, server_header=not proxy)
+                                access_log=False, date_header=not proxy, server_header=not proxy, **protocol)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 
+from cdn.http_server import CHECKED_FIELDS
 from edge import app as app_module
-from edge.app import Edge, create_app
+from edge.app import ClientRequest, Edge, create_app
+from edge.headers import Headers
 from edge.origin import member_fields
 from edge.settings import EdgeSettings
 from tests.scripted_origin import Answer, ScriptedOrigin
@@ -525,3 +529,23 @@ def test_bytes_past_a_too_short_content_length_never_answer_another_request() ->
     finally:
         listener.close()
     assert served.count("/next-0") == 1  # answered once, not retried after a desync
+
+
+@pytest.mark.parametrize(("value", "checked"), [(b"plain", True), (b"odd\x01", False)])
+def test_a_hit_tells_the_server_its_fields_are_checked_only_when_they_pass(value: bytes, checked: bool) -> None:
+    # The server writes fields marked as checked without looking at them: a stored field uvicorn would refuse
+    # (no origin reply carries one past the edge's client, but the store does not know where fields came from)
+    # goes out unmarked, for uvicorn to check.
+    edge = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t"))
+    scope = {"type": "http", "method": "GET", "path": "/f", "raw_path": b"/f", "query_string": b"",
+             "client": ("127.0.0.1", 1), "headers": [(b"host", b"127.0.0.1")]}
+    request = ClientRequest.from_scope(scope, edge.settings)
+    fields = Headers.from_raw([(b"cache-control", b"max-age=600"), (b"x-field", value)])
+    assert edge.put(request, edge.make_entry(request, 200, fields, b"body", time.time(), time.time()), None, 0)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    assert asyncio.run(edge.fresh_hit(scope, send))
+    assert (sent[0].get(CHECKED_FIELDS) == 4) is checked and (b"x-field", value) in sent[0]["headers"]

@@ -14,13 +14,18 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from cdn.http_server import (
+    CHECKED_FIELDS,
     MAX_HEAD_BYTES,
     ClientLimits,
     CoalescingTransport,
     QueuedStreamHandler,
+    ResponseCycle,
     dropped_log_records,
+    fields_checked,
     protocol_class,
     queued_log_config,
 )
@@ -334,3 +339,86 @@ async def test_a_large_write_goes_at_once_so_flow_control_sees_it() -> None:
     transport.write(b"too late")
     await asyncio.sleep(0)
     assert real.writes[-1] == [b"tail"]  # nothing is written to a closing transport
+
+
+# -- response heads the app has checked ------------------------------------------------------
+def new_cycle(kind: type[RequestResponseCycle], method: str, keep_alive: bool = True) -> RequestResponseCycle:
+    """A cycle as uvicorn makes one, writing to a FakeTransport."""
+    transport = FakeTransport()
+    return kind(scope={"type": "http", "method": method, "headers": []}, transport=transport,  # type: ignore[arg-type]
+                flow=FlowControl(transport), logger=logging.getLogger("test"),  # type: ignore[arg-type]
+                access_logger=logging.getLogger("test"), access_log=False, default_headers=[(b"server", b"t")],
+                message_event=asyncio.Event(), expect_100_continue=False, keep_alive=keep_alive,
+                on_response=lambda: None)
+
+
+async def written_by(kind: type[RequestResponseCycle], method: str, start: dict[str, Any], body: bytes,
+                     keep_alive: bool = True) -> tuple[Any, ...]:
+    """What a cycle of `kind` writes for a response and the state it is left in, or the error it raises."""
+    cycle = new_cycle(kind, method, keep_alive)
+    try:
+        await cycle.send({"type": "http.response.start", **start})
+        await cycle.send({"type": "http.response.body", "body": body})
+    except (RuntimeError, ValueError) as exc:
+        return type(exc), str(exc)
+    return (cycle.transport.writes, cycle.keep_alive, cycle.response_complete,  # type: ignore[attr-defined]
+            cycle.expected_content_length)
+
+
+HIT_FIELDS = [(b"content-type", b"text/plain"), (b"cache-control", b"max-age=60"), (b"x-tab", b"a\tb"),
+              (b"content-length", b"2"), (b"age", b"3"), (b"cache-status", b"e; hit; ttl=57")]
+
+
+@pytest.mark.parametrize(("method", "keep_alive", "body"), [
+    ("GET", True, b"ok"),
+    ("GET", False, b"ok"),  # connection: close added, as uvicorn adds it
+    ("HEAD", True, b""),
+    ("GET", True, b"too long"),  # the body is still counted against the length
+])
+async def test_a_head_the_app_checked_is_written_as_uvicorn_writes_it(method: str, keep_alive: bool,
+                                                                      body: bytes) -> None:
+    length = 0 if method == "HEAD" else 2
+    checked = {"status": 200, "headers": HIT_FIELDS, CHECKED_FIELDS: length}
+    ours = await written_by(ResponseCycle, method, checked, body, keep_alive)
+    assert ours == await written_by(RequestResponseCycle, method, {"status": 200, "headers": HIT_FIELDS}, body,
+                                    keep_alive)
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"content-type", b"text/plain")],  # no length: chunked
+    [(b"Content-Length", b"2"), (b"Connection", b"keep-alive, close")],
+    [(b"content-length", b"2"), (b"bad name", b"v")],
+    [(b"content-length", b"2"), (b"x-bad", b"line\r\nbreak")],
+    [(b"content-length", b"two")],
+])
+async def test_a_head_the_app_did_not_check_is_uvicorns_to_check(headers: list[tuple[bytes, bytes]]) -> None:
+    start = {"status": 200, "headers": headers}
+    assert await written_by(ResponseCycle, "GET", start, b"ok") == await written_by(RequestResponseCycle, "GET",
+                                                                                     start, b"ok")
+
+
+@pytest.mark.parametrize(("fields", "checked"), [
+    (HIT_FIELDS[:3] + HIT_FIELDS[4:], True),
+    ([(b"Content-Type", b"text/plain")], False),  # upper case: uvicorn would write it lower-cased
+    ([(b"x y", b"v")], False),
+    ([(b"x-a", b"v\x01")], False),
+    ([(b"x-a", b"v\r\nx-injected: 1")], False),
+    ([(b"content-length", b"2")], False),  # framing fields stay uvicorn's
+    ([(b"transfer-encoding", b"chunked")], False),
+    ([(b"connection", b"close")], False),
+])
+def test_only_fields_that_pass_uvicorns_checks_and_do_not_frame_count_as_checked(
+        fields: list[tuple[bytes, bytes]], checked: bool) -> None:
+    assert fields_checked(fields) is checked
+
+
+def test_the_server_sends_responses_through_its_own_cycle() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = type(send.__self__).__name__.encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))],
+                    CHECKED_FIELDS: len(body)})
+        await send({"type": "http.response.body", "body": body})
+
+    with serving(app) as port:
+        answer = exchange(port, request(target="/", host="x") * 2, methods=["GET", "GET"], timeout=WAIT)
+        assert [r.body for r in answer.responses] == [b"ResponseCycle"] * 2  # and the connection still serves
