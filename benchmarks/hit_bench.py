@@ -109,7 +109,7 @@ def varnish_hit(response: httpx.Response) -> bool:
 
 
 # Programs the hit benchmark runs, and the Debian package each comes in.
-PACKAGES = {"wrk": "wrk", "nginx": "nginx", "varnishd": "varnish"}
+PACKAGES = {"wrk": "wrk", "nginx": "nginx", "varnishd": "varnish", "valgrind": "valgrind"}
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")  # nginx and varnishd live there, not always on PATH
 
 
