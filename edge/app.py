@@ -975,10 +975,9 @@ class Edge:
         await send({"type": "http.response.body", "body": body})
 
     def hit_fields(self, meta: Stored, now: float, hit: str | None, detail: str | None = None,
-                   fwd: str | None = None, age: float | None = None) -> list[tuple[bytes, bytes]]:
-        """Age, Cache-Status (RFC 9211) and X-Served-By of an answer from the cache (`age`: at `now`, if known)."""
-        if age is None:
-            age = meta.age(now)
+                   fwd: str | None = None) -> list[tuple[bytes, bytes]]:
+        """Age, Cache-Status (RFC 9211) and X-Served-By of an answer from the cache at `now`."""
+        age = meta.age(now)
         ttl = meta.lifetime - age
         status = self._status_id
         if hit:
