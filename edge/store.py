@@ -7,7 +7,6 @@ delete, purge) goes through `_unlink`, so the indexes stay exact.
 
 from __future__ import annotations
 
-import sys
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import InitVar, dataclass, field
@@ -81,6 +80,9 @@ class Store:
         # keys are a dict (key -> None), not a set: at 20,000 keys a set takes 105 bytes a key, a dict 21.
         self._by_url: dict[str, Entry | dict[str, Entry]] = {}  # url -> its variant, or key -> variant
         self._by_tag: dict[str, str | dict[str, None]] = {}  # tag -> the key of its entry, or the keys
+        # A tag several entries carry -> the one string they all hold, not a copy each from parsing
+        # (not sys.intern: early CPython 3.12 releases never free an interned string, python/cpython#113993).
+        self._tag_names: dict[str, str] = {}
         self.evictions = 0
         # Every purge gets a serial; a fetch notes the serial when it starts, and what it brings
         # back is not stored if a hard purge since then matches it (stored as already stale for
@@ -205,7 +207,7 @@ class Store:
             self._by_tag[tag] = {keys: None, key: None}
         else:
             keys[key] = None
-        return sys.intern(tag)
+        return self._tag_names.setdefault(tag, tag)
 
     def delete(self, key: str) -> bool:
         entry = self._lru.peek(key)
@@ -231,6 +233,7 @@ class Store:
                 tagged.pop(entry.key, None)
                 if len(tagged) == 1:
                     self._by_tag[tag] = next(iter(tagged))
+                    self._tag_names.pop(tag, None)
             elif tagged == entry.key:
                 del self._by_tag[tag]
                 self._tag_marks.pop(tag, None)  # later entries are stored after any mark anyway
@@ -338,6 +341,7 @@ class Store:
         self._lru = _EvictingLRU(self.capacity, self._unlink)
         self._by_url.clear()
         self._by_tag.clear()
+        self._tag_names.clear()
         self._tag_marks.clear()
         self._to_sweep.clear()
         return count

@@ -27,6 +27,8 @@ def assert_indexes_exact(store: Store) -> None:
     # No empty set or dict left behind, and none holding a lone member (held as itself).
     assert all(isinstance(keys, str) or len(keys) > 1 for keys in store._by_tag.values())
     assert all(isinstance(found, Entry) or len(found) > 1 for found in store._by_url.values())
+    # One shared string is remembered for each tag several entries carry, and for no other.
+    assert set(store._tag_names) == {tag for tag, keys in store._by_tag.items() if not isinstance(keys, str)}
     assert store.size == sum(e.size for e in stored.values())
 
 
