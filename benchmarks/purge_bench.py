@@ -74,9 +74,7 @@ HEADER_BYTES = 200  # what the store is told the stored headers weigh; no header
 GOAL_P99_MS = 50.0
 GOAL_PURGES_PER_S = 1000.0
 GOAL_APPLY_MS = 100.0
-
-
-WHOLE = 1 << 30  # bytes of an answer kept: all of it
+WHOLE = 1 << 30  # bytes of an answer the API client keeps: all of it
 
 
 class BenchError(Exception):

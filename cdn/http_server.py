@@ -33,8 +33,8 @@ import sys
 import time
 import types
 import weakref
-from dataclasses import dataclass
 from collections.abc import Awaitable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import httptools

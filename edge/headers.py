@@ -31,13 +31,12 @@ class Headers:
     Lookups go through a name -> values index built on first use and rebuilt when `items` grows.
     """
 
-    __slots__ = ("items", "_index", "_indexed", "_keep_index")
+    __slots__ = ("items", "_index", "_indexed")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self.items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
         self._index: dict[str, list[str]] | None = None
         self._indexed = 0
-        self._keep_index = True
 
     @classmethod
     def _of(cls, items: list[tuple[str, str]]) -> Headers:
@@ -45,14 +44,7 @@ class Headers:
         h.items = items
         h._index = None
         h._indexed = 0
-        h._keep_index = True
         return h
-
-    def compact(self) -> Headers:
-        """Keep no index from now on (lookups scan): for fields held long, such as a stored response's."""
-        self._index = None
-        self._keep_index = False
-        return self
 
     @classmethod
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -75,25 +67,18 @@ class Headers:
                     index[k] = [v]
                 else:
                     values.append(v)
-            if self._keep_index:
-                self._index, self._indexed = index, len(self.items)
+            self._index, self._indexed = index, len(self.items)
         return index
 
     def get_all(self, name: str) -> list[str]:
-        if not self._keep_index:
-            return [v for k, v in self.items if k == name]
         values = self.fields().get(name)
         return list(values) if values else []
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        if not self._keep_index:
-            return next((v for k, v in self.items if k == name), default)
         values = self.fields().get(name)
         return values[0] if values else default
 
     def __contains__(self, name: object) -> bool:
-        if not self._keep_index:
-            return any(k == name for k, _ in self.items)
         return name in self.fields()
 
     def remove(self, names: Iterable[str]) -> Headers:
