@@ -52,7 +52,7 @@ from edge.shield.gcra import LocalLimiter, Verdict
 from edge.shield.penalty import PenaltyBox
 from edge.shield.rules import HeaderSource, RequestView, Rule, compile_rules
 from edge.shield.settings import ShieldSettings
-from edge.shield.sizes import check_size
+from edge.shield.sizes import SizeCheck
 
 _OVER = {"reject": "rejected", "shed": "shed", "log": "logged"}
 
@@ -70,6 +70,7 @@ class Shield:
         active = self.rules if settings.enabled else ()
         self._receive_rules = tuple(r for r in active if r.scope == "all")
         self._origin_rules = tuple(r for r in active if r.scope == "origin")
+        self.sizes = SizeCheck(settings.sizes)
         self.client_ip = ClientAddress(settings.trusted_proxies, settings.ipv6_prefix)
         self.local = LocalLimiter(settings.max_tracked_keys)
         self.penalty = PenaltyBox(settings.penalty, settings.max_tracked_keys)
@@ -87,10 +88,14 @@ class Shield:
     # -- the request path's calls ----------------------------------------------------------
     def check_size(self, scope: MutableMapping[str, Any]) -> tuple[int, str] | None:
         """(414 | 431 | 413, message) when the request is over a size limit, else None."""
-        problem = check_size(scope, self.settings.sizes)
+        problem = self.sizes(scope)
         if problem is not None:
             self.size_refusals[problem[0]] = self.size_refusals.get(problem[0], 0) + 1
         return problem
+
+    def within_sizes(self, scope: MutableMapping[str, Any]) -> bool:
+        """Whether `check_size` would pass the request, without counting a refusal (its caller's to count)."""
+        return self.sizes(scope) is None
 
     def admits_all_on_receive(self) -> bool:
         """Whether `admit` at receive would admit any request now: nobody is banned and no rule of scope
