@@ -16,6 +16,16 @@ and `HTTP/2.0` request lines, and appends chunked trailer fields to the request'
     response head   -> what one turn of the event loop writes goes out in one system call
                        (`CoalescingTransport`); fields the app marks as checked (`CHECKED_FIELDS`, the
                        edge's hits) are written without uvicorn checking each one again (`ResponseCycle`)
+    answers now     -> an app with an `answer_now(scope)` method (the edge: its fresh hits) answers a
+                       request without a body while the server parses it, with no task, cycle or
+                       ASGI message, when no earlier response is still being written (`HttpProtocol.answer`)
+
+`answer_now(scope)` gets the request's scope as far as its head goes (no `state`, no `asgi`) and
+returns None (the app is called as usual) or `(status, lines, body)`: `lines` the response's
+header fields as written ("name: value\r\n" each), every one lower-case and passing
+`fields_checked` but for a Content-Length, which they hold (for HEAD, the length a GET would
+get). The server adds its default fields and, when the connection ends, `connection: close`. It is
+looked up on the app uvicorn runs, so middleware hides it (the services run none).
 
 `queued_log_config` is uvicorn's logging configuration with every handler writing from a thread of
 its own through a bounded queue, so a stderr nobody reads (a pipe, a stalled log shipper) costs
@@ -32,6 +42,7 @@ import queue
 import sys
 import time
 import types
+import urllib.parse
 import weakref
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
@@ -114,6 +125,13 @@ class CoalescingTransport:
         for piece in data:
             self.write(piece)
 
+    def write_through(self, pieces: list[bytes]) -> None:
+        """Write `pieces` (a whole response) at once, after what is held, in one system call."""
+        if self._pending:
+            self.writelines(pieces)
+        elif not self._transport.is_closing():
+            self._transport.writelines(pieces)
+
     def flush(self) -> None:
         pending = self._pending
         if not pending:
@@ -152,6 +170,8 @@ class CoalescingTransport:
 # ignore it.
 CHECKED_FIELDS = "cdn.checked_fields"
 FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})  # uvicorn acts on these
+JOIN_BODY_BELOW = 16 * 1024  # bodies an answer copies into one buffer with its head; larger ones are written beside it
+BODY_FIELDS = frozenset({b"content-length", b"transfer-encoding"})  # a request with either may have a body
 
 
 def fields_checked(fields: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -185,16 +205,25 @@ class ResponseCycle(RequestResponseCycle):
         self.waiting_for_100_continue = False
         self.chunked_encoding = False
         self.expected_content_length = length
-        content = [STATUS_LINE[message["status"]]]
-        for name, value in self.default_headers:
-            content += (name, b": ", value, b"\r\n")
+        lines: list[bytes] = []
         for name, value in message["headers"]:
-            content += (name, b": ", value, b"\r\n")
-        if not self.keep_alive:
-            content.append(b"connection: close\r\n")
-        content.append(b"\r\n")
-        self.transport.write(b"".join(content))
+            lines += (name, b": ", value, b"\r\n")
+        self.transport.write(b"".join(checked_head(message["status"], self.default_headers, lines, self.keep_alive)))
         return DONE
+
+
+def checked_head(status: int, default_fields: list[tuple[bytes, bytes]], lines: list[bytes],
+                 keep_alive: bool) -> list[bytes]:
+    """The pieces of a response head whose field `lines` passed `fields_checked` (but for their Content-Length),
+    as uvicorn writes it: the server's default fields first, `connection: close` last when the connection ends."""
+    content = [STATUS_LINE[status]]
+    for name, value in default_fields:
+        content += (name, b": ", value, b"\r\n")
+    content += lines
+    if not keep_alive:
+        content.append(b"connection: close\r\n")
+    content.append(b"\r\n")
+    return content
 
 
 # uvicorn's `on_headers_complete`, making a ResponseCycle where uvicorn's makes a RequestResponseCycle.
@@ -220,6 +249,12 @@ class HttpProtocol(HttpToolsProtocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.refusal: Refused | None = None
+        # (scope) -> (status, checked field lines with Content-Length, body) or None; not under a concurrency
+        # limit, which uvicorn enforces per task, nor behind middleware (uvicorn's trace logging)
+        self.answer_now = getattr(self.app, "answer_now", None) if self.limit_concurrency is None else None
+        self.answered = False  # the message being parsed was answered by `answer`
+        self.answered_at = 0.0  # loop time of the last answer
+        self.keep_alive_lazy = False  # the keep-alive timer is `answer`'s, checked when it fires, not cancelled per read
 
     # -- connection ------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -229,6 +264,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_timers()
+        self._unset_keepalive_if_required()  # uvicorn leaves it armed when the connection was lost to an error
         super().connection_lost(exc)
 
     def cancel_timers(self) -> None:
@@ -240,7 +276,8 @@ class HttpProtocol(HttpToolsProtocol):
             self.body_timer = None
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
+        if not self.keep_alive_lazy:
+            self._unset_keepalive_if_required()
         before = self.reading
         self.body_moved = False
         try:
@@ -280,15 +317,28 @@ class HttpProtocol(HttpToolsProtocol):
                     return
             if self.body_timer is None:
                 self.body_timer = self.loop.call_later(self.limits.body_timeout, self.body_timed_out)
-        elif self.head_timer is None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+        elif (self.head_timer is None and self.timeout_keep_alive_task is None and not self.pipeline
+              and (self.cycle is None or self.cycle.response_complete)):
             # Only empty lines came (RFC 9112 §2.2 lets them precede a request): they buy no more time.
             self.head_timer = self.loop.call_later(self.limits.header_timeout, self.head_timed_out)
 
     # -- parser callbacks ------------------------------------------------------
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        if self.answer_now is None:
+            super().on_message_begin()
+        else:  # uvicorn's, but for the scope, made once the head is complete and not answered now (`make_scope`)
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
         self.reading = HEAD
         self.head_bytes = 0
+
+    def make_scope(self) -> None:
+        """The request's scope, made by uvicorn's `on_message_begin` for the head parsed since it began."""
+        url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()
+        self.url, self.expect_100_continue = url, expect_100_continue
+        self.headers = self.scope["headers"] = headers
 
     def on_headers_complete(self) -> None:
         if self.head_timer is not None:
@@ -303,6 +353,10 @@ class HttpProtocol(HttpToolsProtocol):
             self.refusal = Refused(400, f"HTTP/{version} requests are not served")
             raise self.refusal
         upgrade = self.parser.should_upgrade()
+        if self.answer_now is not None:
+            if not upgrade and self.answer(version):
+                return
+            self.make_scope()
         if upgrade and self._should_upgrade():
             super().on_headers_complete()  # a WebSocket protocol is configured: uvicorn hands the connection over
             return
@@ -330,7 +384,78 @@ class HttpProtocol(HttpToolsProtocol):
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
+        if self.answered:
+            self.answered = False
+            return
         super().on_message_complete()
+
+    # -- answering now ---------------------------------------------------------
+    def answer(self, version: str) -> bool:
+        """Answer the request whose head is complete with `answer_now`, if it has no body, nothing is
+        before it (a response being produced or written, a pipelined request waiting) and the client is
+        reading what it is sent. Done as uvicorn's cycle ends a response: the request counted, the
+        connection closed or its keep-alive timer armed. False: it goes to the app."""
+        if self.answering() or self.flow.write_paused or self.transport.is_closing():
+            return False
+        for name, _ in self.headers:
+            if name in BODY_FIELDS:
+                return False
+        # What the scope uvicorn makes says of the request, as it says it.
+        method = self.parser.get_method().decode("ascii")
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("ascii")
+        scope = {"type": "http", "http_version": version, "server": self.server, "client": self.client,
+                 "scheme": self.scheme, "method": method,
+                 "path": self.root_path + (urllib.parse.unquote(path) if "%" in path else path),
+                 "raw_path": self.root_path.encode("ascii") + url.path, "query_string": url.query or b"",
+                 "root_path": self.root_path, "headers": self.headers}
+        try:
+            answer = self.answer_now(scope)
+        except Exception:  # the app's fault, not the request's (a 400): logged, and the app called as usual
+            self.logger.exception("Exception in answer_now")
+            return False
+        if answer is None:
+            return False
+        status, lines, body = answer
+        keep_alive = version != "1.0" and self.parser.should_keep_alive()
+        content = checked_head(status, self.server_state.default_headers, [lines], keep_alive)
+        if method == "HEAD":
+            self.transport.write_through([b"".join(content)])
+        elif len(body) <= JOIN_BODY_BELOW:
+            self.transport.write_through([b"".join([*content, body])])
+        else:  # not copied: the head and the body go out together all the same (writev)
+            self.transport.write_through([b"".join(content), body])
+        self.answered = True
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+            return True
+        # Not a timer per answer (arming and cancelling one costs more than the rest of the answer's bookkeeping):
+        # one, armed while none is, that looks when it fires at how long the connection has been idle.
+        self.answered_at = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.keep_alive_expired)
+            self.keep_alive_lazy = True
+        return True
+
+    def keep_alive_expired(self) -> None:
+        """`answer`'s keep-alive timer: uvicorn's timeout, from the last answer, for a connection idle since."""
+        self.timeout_keep_alive_task = None
+        self.keep_alive_lazy = False
+        if self.reading != IDLE or self.answering():
+            return  # a head is being read (it has a deadline of its own) or answered (uvicorn arms its timer after)
+        idle = self.loop.time() - self.answered_at
+        if idle < self.timeout_keep_alive:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive - idle, self.keep_alive_expired)
+            self.keep_alive_lazy = True
+        else:
+            self.timeout_keep_alive_handler()
+
+    def _unset_keepalive_if_required(self) -> None:  # uvicorn's, and the timer is no longer `answer`'s
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+            self.keep_alive_lazy = False
 
     # -- deadlines -------------------------------------------------------------
     def answering(self) -> bool:

@@ -200,6 +200,21 @@ def field_pairs(block: bytes) -> list[tuple[bytes, bytes]]:
     return list(zip(parts, parts))
 
 
+class Cooked:
+    """An entry's delivery fields read once for the fast hit path (`Edge.cook`): as pairs with its Content-Length,
+    and, when they and the fields a hit adds passed `fields_checked`, as the lines of a response head, with
+    the lines a hit adds (Age, Cache-Status, X-Served-By) for the age and time to live they were made for."""
+
+    __slots__ = ("meta", "fields", "lines", "age", "ttl", "added")
+
+    def __init__(self, meta: Stored, fields: list[tuple[bytes, bytes]], lines: bytes | None) -> None:
+        self.meta = meta  # the Stored they were read from: a purged and refetched entry has another
+        self.fields = fields
+        self.lines = lines
+        self.age = self.ttl = -1
+        self.added = b""
+
+
 def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
     body = (message.rstrip("\n") + "\n").encode()
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
@@ -232,11 +247,12 @@ class Edge:
         self.counters: dict[str, int] = {}
         self._via = f"1.1 {settings.id}"
         self._served_by = (b"x-served-by", f"{settings.id}; region={settings.region}".encode())
+        self._served_by_line = b"%s: %s\r\n" % self._served_by
         self._status_id = self.id.encode()  # the first member of our Cache-Status entries
         self._hit_status = self._status_id + b"; hit; ttl="
         self._own_fields_checked = fields_checked([self._served_by, (b"cache-status", self._hit_status + b"1")])
         self._hit_keys: dict[tuple[bytes, bytes | str, bytes | None], str] = {}
-        self._cooked: dict[str, tuple[Stored, list[tuple[bytes, bytes]], bool]] = {}  # key -> cook(key, entry)
+        self._cooked: dict[str, Cooked] = {}  # key -> cook(key, entry)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
         self.metrics = EdgeMetrics(self)
@@ -334,24 +350,31 @@ class Edge:
         finally:
             upstream = UPSTREAM_WAIT.get()
             UPSTREAM_WAIT.reset(token)
-            target = scope.get("raw_path") or scope["path"].encode("latin-1")
-            if query := scope.get("query_string"):
-                target += b"?" + query
-            host = next((value for name, value in scope["headers"] if name == b"host"), b"")
-            self.access_log.info(compact_json({
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "edge": self.id,
-                "region": self.settings.region,
-                "client": self.shield.client_ip(scope),
-                "method": scope["method"],
-                "host": host.decode("latin-1"),
-                "target": target.decode("latin-1"),
-                "status": status,
-                "cache": cache_status.partition("; ")[2] if cache_status else None,
-                "bytes": sent,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                "origin_ms": None if upstream is None else round(upstream * 1000, 3),
-            }))
+            self.log_access(scope, status, cache_status.partition("; ")[2] if cache_status else None, sent, started,
+                            upstream)
+
+    def log_access(self, scope: Scope, status: int | None, cache: str | None, sent: int, started: float,
+                   upstream: float | None = None) -> None:
+        """The access log line of a request: what was sent (status, Cache-Status, body bytes) and how long it took."""
+        assert self.access_log is not None
+        target = scope.get("raw_path") or scope["path"].encode("latin-1")
+        if query := scope.get("query_string"):
+            target += b"?" + query
+        host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+        self.access_log.info(compact_json({
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "edge": self.id,
+            "region": self.settings.region,
+            "client": self.shield.client_ip(scope),
+            "method": scope["method"],
+            "host": host.decode("latin-1"),
+            "target": target.decode("latin-1"),
+            "status": status,
+            "cache": cache,
+            "bytes": sent,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "origin_ms": None if upstream is None else round(upstream * 1000, 3),
+        }))
 
     # -- receive --------------------------------------------------------------
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -399,60 +422,92 @@ class Edge:
             self.in_flight -= 1
 
     async def fresh_hit(self, scope: Scope, send: Send) -> bool:
-        """The commonest answer, given without building the request: a GET or HEAD with no field that could
-        change it (HIT_SENSITIVE) for a fresh entry stored without Vary. False: the full path decides."""
-        host = None
-        for name, value in scope["headers"]:
-            if name == b"host":
-                if host is not None:
-                    return False
-                host = value
-            elif name in HIT_SENSITIVE:
-                return False
-        if host is None:
+        """Send the fresh hit `fresh` finds, counted as a hit. False: the full path decides."""
+        found = self.fresh(scope)
+        if found is None:
             return False
-        key = self.hit_key(host, scope)
-        if key is None:
-            return False  # the full path refuses it
-        entry = self.store.only_variant(key)
-        if entry is None:
-            return False
-        meta: Stored = entry.meta
-        now = time.time()
-        age = now - meta.response_time  # meta.age(now) inline, with conditionals: calling max() costs more
-        age = meta.initial_age + (age if age > 0.0 else 0.0)
-        ttl = meta.lifetime - age
-        # rfc.reuse for a request without directives: FRESH exactly when this holds.
-        if ttl <= 0 or meta.vary or meta.no_cache or entry.soft_purged:
-            return False
-        self.store.touch(entry)
-        cooked = self._cooked.get(key)
-        if cooked is None or cooked[0] is not meta:  # not another (purged, refetched) entry's fields
-            cooked = self.cook(key, entry)
-        counters = self.counters
-        counters["hit"] = counters.get("hit", 0) + 1
-        if scope["method"] == "GET":
-            body = entry.body
-            counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
-        else:
-            body = b""
-        headers = [*cooked[1], (b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)),
+        entry, cooked, age, ttl = found
+        body = self.served(entry, scope["method"])
+        headers = [*cooked.fields, (b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)),
                    (b"cache-status", self._hit_status + b"%d" % ttl), self._served_by]
-        start = {"type": "http.response.start", "status": meta.status, "headers": headers}
-        if cooked[2]:
+        start = {"type": "http.response.start", "status": entry.meta.status, "headers": headers}
+        if cooked.lines is not None:
             start[CHECKED_FIELDS] = len(body)  # our server writes them without checking each again
         await send(start)
         await send({"type": "http.response.body", "body": body})
         return True
 
-    def cook(self, key: str, entry: Entry) -> tuple[Stored, list[tuple[bytes, bytes]], bool]:
-        """An entry's delivery fields with its Content-Length, read once and kept for the last COOKED entries
-        served, so a hot entry is not parsed per hit: (its Stored, the fields, whether they and the fields
-        a hit adds passed `fields_checked`), checked against the entry's Stored."""
+    def answer_now(self, scope: Scope) -> tuple[int, bytes, bytes] | None:
+        """For a server that answers while it parses (`cdn.http_server`): the fresh hit `handle` would send
+        for this request, as (status, its field lines, body), when the entry's fields passed `fields_checked`;
+        counted and logged as a hit. None: the server runs the app as usual."""
+        started = time.perf_counter()
+        if (scope["method"] not in ("GET", "HEAD") or scope["path"].startswith("/_edge/")
+                or not self.shield.admits_all_on_receive() or not self.shield.within_sizes(scope)):
+            return None
+        found = self.fresh(scope)
+        if found is None or found[1].lines is None:
+            return None
+        entry, cooked, age, ttl = found
+        age, ttl = int(age if age < AGE_CAP else AGE_CAP), int(ttl)
+        if cooked.age != age or cooked.ttl != ttl:  # the lines a hit adds change once a second at most
+            cooked.age, cooked.ttl = age, ttl
+            cooked.added = b"age: %d\r\ncache-status: %s%d\r\n%s" % (age, self._hit_status, ttl, self._served_by_line)
+        body = self.served(entry, scope["method"])
+        if self.access_log is not None:
+            self.log_access(scope, entry.meta.status, f"hit; ttl={ttl}", len(body), started)
+        return entry.meta.status, cooked.lines + cooked.added, body
+
+    def fresh(self, scope: Scope) -> tuple[Entry, Cooked, float, float] | None:
+        """The commonest answer, found without building the request: a GET or HEAD with no field that could
+        change it (HIT_SENSITIVE) for a fresh entry stored without Vary, as (the entry, its `cook`, its age,
+        its time to live). None: the full path decides."""
+        host = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                if host is not None:
+                    return None
+                host = value
+            elif name in HIT_SENSITIVE:
+                return None
+        if host is None:
+            return None
+        key = self.hit_key(host, scope)
+        if key is None:
+            return None  # the full path refuses it
+        entry = self.store.only_variant(key)
+        if entry is None:
+            return None
+        meta: Stored = entry.meta
+        age = time.time() - meta.response_time  # meta.age(now) inline, with conditionals: calling max() costs more
+        age = meta.initial_age + (age if age > 0.0 else 0.0)
+        ttl = meta.lifetime - age
+        # rfc.reuse for a request without directives: FRESH exactly when this holds.
+        if ttl <= 0 or meta.vary or meta.no_cache or entry.soft_purged:
+            return None
+        cooked = self._cooked.get(key)
+        if cooked is None or cooked.meta is not meta:  # not another (purged, refetched) entry's fields
+            cooked = self.cook(key, entry)
+        return entry, cooked, age, ttl
+
+    def served(self, entry: Entry, method: str) -> bytes:
+        """The body a fresh hit sends for `method`; the entry is touched and the hit counted."""
+        self.store.touch(entry)
+        counters = self.counters
+        counters["hit"] = counters.get("hit", 0) + 1
+        if method != "GET":
+            return b""
+        body = entry.body
+        counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
+        return body
+
+    def cook(self, key: str, entry: Entry) -> Cooked:
+        """`Cooked` for an entry, kept for the last COOKED entries served, so a hot entry is not read per hit."""
         meta: Stored = entry.meta
         wire = meta.wire
-        cooked = (meta, [*wire, (b"content-length", b"%d" % len(entry.body))],
-                  self._own_fields_checked and fields_checked(wire))
+        fields = [*wire, (b"content-length", b"%d" % len(entry.body))]
+        checked = self._own_fields_checked and fields_checked(wire)
+        cooked = Cooked(meta, fields, b"".join(b"%s: %s\r\n" % field for field in fields) if checked else None)
         if len(self._cooked) >= COOKED:
             del self._cooked[next(iter(self._cooked))]  # the longest kept
         self._cooked[key] = cooked

@@ -549,3 +549,75 @@ def test_a_hit_tells_the_server_its_fields_are_checked_only_when_they_pass(value
 
     assert asyncio.run(edge.fresh_hit(scope, send))
     assert (sent[0].get(CHECKED_FIELDS) == 4) is checked and (b"x-field", value) in sent[0]["headers"]
+
+
+# -- answered while the server parses (`Edge.answer_now`) --------------------------------------
+def edge_holding(fields: list[tuple[bytes, bytes]], body: bytes = b"body", **settings: Any) -> Edge:
+    """An edge with `fields` and `body` stored, fresh for ten minutes, for GET http://127.0.0.1/f."""
+    edge = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t", **settings))
+    request = ClientRequest.from_scope(hit_scope(), edge.settings)
+    stored = Headers.from_raw([(b"cache-control", b"max-age=600"), *fields])
+    assert edge.put(request, edge.make_entry(request, 200, stored, body, time.time(), time.time()), None, 0)
+    return edge
+
+
+def hit_scope(method: str = "GET", path: str = "/f", headers: list[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+            "client": ("127.0.0.1", 1), "headers": [(b"host", b"127.0.0.1"), *headers]}
+
+
+def stopped_clock(monkeypatch: pytest.MonkeyPatch, at: float) -> list[float]:
+    """The edge's clock, stopped at `at`: set [0] to move it."""
+    now = [at]
+    monkeypatch.setattr(app_module, "time", type("Clock", (), {"time": staticmethod(lambda: now[0]),
+                                                             "perf_counter": staticmethod(time.perf_counter)}))
+    return now
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_an_answer_now_is_the_fast_hit_as_field_lines(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    edge = edge_holding([(b"content-type", b"text/plain"), (b"etag", b'"v"')])
+    stopped_clock(monkeypatch, time.time() + 5)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    assert asyncio.run(edge.fresh_hit(hit_scope(method), send))
+    start, body = sent
+    lines = b"".join(b"%s: %s\r\n" % field for field in start["headers"])
+    assert edge.answer_now(hit_scope(method)) == (start["status"], lines, body["body"])
+    assert b"age: 5\r\n" in lines and b"cache-status: edge-t; hit; ttl=594\r\n" in lines
+    assert edge.counters["hit"] == 2
+
+
+@pytest.mark.parametrize(("settings", "scope", "fields"), [
+    ({}, hit_scope(path="/_edge/metrics"), []),
+    ({}, hit_scope("POST"), []),
+    ({}, hit_scope(headers=[(b"x-big", b"x" * 40_000)]), []),  # over the shield's size limit: 431
+    ({"shield": {"rules": [{"name": "all", "key": ["ip"], "scope": "all", "rate": 100, "burst": 100}]}},
+     hit_scope(), []),  # a rule that counts every request
+    ({}, hit_scope(), [(b"x-odd", b"v\x01")]),  # a stored field uvicorn would refuse to write
+])
+def test_answer_now_leaves_to_the_app_what_it_must_see(settings: dict[str, Any], scope: dict[str, Any],
+                                                       fields: list[tuple[bytes, bytes]]) -> None:
+    edge = edge_holding(fields, **settings)
+    assert edge.answer_now(scope) is None
+    assert edge.counters.get("hit", 0) == 0 and not edge.shield.size_refusals  # counted where it is answered
+
+
+def test_answer_now_leaves_a_banned_client_to_the_app() -> None:
+    edge = edge_holding([])
+    edge.shield.penalty.bans["127.0.0.1"] = time.monotonic() + 60
+    assert edge.answer_now(hit_scope()) is None
+
+
+def test_the_age_an_answer_now_gives_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    edge = edge_holding([])
+    now = stopped_clock(monkeypatch, time.time() + 0.2)
+    ages = []
+    for step in (0.0, 0.3, 1.0, 0.2, 600):
+        now[0] += step
+        answer = edge.answer_now(hit_scope())
+        ages.append(None if answer is None else answer[1].split(b"age: ")[1].split(b"\r\n")[0])
+    assert ages == [b"0", b"0", b"1", b"1", None]  # and no longer fresh after its ten minutes

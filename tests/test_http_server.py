@@ -66,11 +66,11 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def serving(app: Any, header_timeout: float = SHORT, body_timeout: float = SHORT) -> Iterator[int]:
-    """`app` on uvicorn with `HttpProtocol` in a background thread; its port."""
+def serving(app: Any, header_timeout: float = SHORT, body_timeout: float = SHORT, **options: Any) -> Iterator[int]:
+    """`app` on uvicorn with `HttpProtocol` in a background thread (other uvicorn `options` as given); its port."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off", access_log=False,
-                            http=protocol_class(ClientLimits(header_timeout, body_timeout)), ws="none")
+                            http=protocol_class(ClientLimits(header_timeout, body_timeout)), ws="none", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -422,3 +422,114 @@ def test_the_server_sends_responses_through_its_own_cycle() -> None:
     with serving(app) as port:
         answer = exchange(port, request(target="/", host="x") * 2, methods=["GET", "GET"], timeout=WAIT)
         assert [r.body for r in answer.responses] == [b"ResponseCycle"] * 2  # and the connection still serves
+
+
+# -- answered while parsing ------------------------------------------------------------------
+def serving_answers(app: Any, **options: Any) -> contextlib.AbstractContextManager[int]:
+    """`serving` as the services run: without uvicorn's proxy-headers middleware, which would hide `answer_now`."""
+    return serving(app, proxy_headers=False, **options)
+
+
+NOW_FIELDS = [(b"content-type", b"text/plain"), (b"x-a", b"1"), (b"content-length", b"2")]
+
+
+class Answering:
+    """Answers GET and HEAD of /now while the server parses them (`answer_now`); through ASGI, /asgi with the
+    same response and /slow with `b"slow"` after `delay` seconds. Records what reached each."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.asked: list[str] = []  # paths answer_now was asked for
+        self.called: list[str] = []  # paths the ASGI app was called for
+
+    def answer_now(self, scope: dict[str, Any]) -> tuple[int, bytes, bytes] | None:
+        self.asked.append(scope["path"])
+        if scope["path"] != "/now":
+            return None
+        return 200, b"".join(b"%s: %s\r\n" % field for field in NOW_FIELDS), b"ok"  # the body even for HEAD
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.called.append(scope["path"])
+        while (await receive()).get("more_body"):
+            pass
+        if scope["path"] == "/slow":
+            await asyncio.sleep(self.delay)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+            await send({"type": "http.response.body", "body": b"slow"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": NOW_FIELDS})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])  # HEAD: the head alone, whatever body the app gave
+def test_an_answer_now_is_written_as_uvicorn_writes_the_same_response(method: str) -> None:
+    app = Answering()
+    with serving_answers(app, date_header=False) as port:  # default fields, but for one that changes each second
+        now = exchange(port, request(method, "/now", host="x"), [method], WAIT)
+        asgi = exchange(port, request(method, "/asgi", host="x"), [method], WAIT)
+    assert now.responses and now.raw == asgi.raw
+    assert app.called == ["/asgi"] and app.asked == ["/now", "/asgi"]
+
+
+@pytest.mark.parametrize(("headers", "version"), [([("Connection", "close")], "HTTP/1.1"), ([], "HTTP/1.0"),
+                                                  ([("Connection", "keep-alive")], "HTTP/1.0")])
+def test_a_connection_answered_for_the_last_time_is_closed_after_the_answer(headers: list[tuple[str, str]],
+                                                                           version: str) -> None:
+    # Idle connections are kept far longer than read_until_closed waits: only closing after the answer passes.
+    with serving_answers(Answering(), date_header=False, timeout_keep_alive=6 * WAIT) as port:
+        said = {}
+        for path in ("/now", "/asgi"):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(request("GET", path, host="x", headers=headers, version=version))
+                said[path] = read_until_closed(sock)
+    assert said["/now"] == said["/asgi"] and said["/now"].endswith(b"connection: close\r\n\r\nok")
+
+
+@pytest.mark.parametrize("framing", [[("Content-Length", "2")], [("Transfer-Encoding", "chunked")]])
+def test_a_request_with_a_body_goes_to_the_app(framing: list[tuple[str, str]]) -> None:
+    body = b"ok" if framing[0][0] == "Content-Length" else b"2\r\nok\r\n0\r\n\r\n"
+    app = Answering()
+    with serving_answers(app) as port:
+        answer = exchange(port, request("GET", "/now", host="x", headers=framing, body=body), timeout=WAIT)
+    assert answer.status == 200
+    assert app.asked == [] and app.called == ["/now"]
+
+
+def test_pipelined_requests_are_answered_in_order_whichever_way_each_is_answered() -> None:
+    app = Answering(delay=SHORT)
+    with serving_answers(app) as port:
+        sent = request("GET", "/now", host="x") * 2 + request("GET", "/slow", host="x") + request("GET", "/now", host="x")
+        answer = exchange(port, sent, ["GET"] * 4, WAIT)
+    assert [r.body for r in answer.responses] == [b"ok", b"ok", b"slow", b"ok"]
+    assert app.called == ["/slow", "/now"]  # behind a response still being made, it waits its turn in the app
+
+
+def test_a_connection_kept_busy_with_answers_outlives_the_keep_alive_timeout() -> None:
+    # One keep-alive timer serves many answers, and counts from the last of them when it fires.
+    with serving_answers(Answering(), timeout_keep_alive=SHORT) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(WAIT)
+        deadline = time.monotonic() + 4 * SHORT
+        while time.monotonic() < deadline:
+            sock.sendall(request("GET", "/now", host="x"))
+            assert sock.recv(65536).endswith(b"\r\n\r\nok")
+            time.sleep(SHORT / 4)
+        assert read_until_closed(sock) == b""  # then idle: closed after the timeout
+
+
+def test_an_answer_is_not_cut_short_by_the_keep_alive_timeout_of_the_one_before() -> None:
+    app = Answering(delay=3 * SHORT)
+    with serving_answers(app, timeout_keep_alive=SHORT) as port:
+        answer = exchange(port, request("GET", "/now", host="x") + request("GET", "/slow", host="x"), ["GET"] * 2,
+                          WAIT)
+    assert [r.body for r in answer.responses] == [b"ok", b"slow"]
+
+
+def test_half_a_head_after_an_answer_still_gets_408() -> None:
+    with serving_answers(Answering(), timeout_keep_alive=SHORT / 3) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request("GET", "/now", host="x") + b"GET /now HTTP/1.1\r\nHost: x\r\n")
+        answered = read_until_closed(sock)
+    first, _, refused = answered.partition(b"HTTP/1.1 408 ")
+    assert first.endswith(b"\r\n\r\nok") and refused  # not closed quietly as an idle connection would be

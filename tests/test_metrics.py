@@ -295,12 +295,13 @@ def read_access_lines(capsys: pytest.CaptureFixture[str], count: int, timeout: f
     return access_lines(text)
 
 
-def test_access_log_writes_one_json_line_per_request(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("proxy", [False, True])  # True: on the edge's own server, which answers hits as it parses
+def test_access_log_writes_one_json_line_per_request(capsys: pytest.CaptureFixture[str], proxy: bool) -> None:
     origin = ScriptedOrigin()
     origin.route("/logged", Answer(headers=[("cache-control", "max-age=60")], body=BODY))
     with ThreadServer(origin) as origin_server:
         edge = create_edge(EdgeSettings(origin=origin_server.url, id="eu-2", region="eu-west", access_log=True))
-        with ThreadServer(edge) as server:
+        with ThreadServer(edge, proxy=proxy) as server:
             capsys.readouterr()
             for _ in range(2):
                 httpx.get(server.url + "/logged?v=1", headers={"Host": HOST})
@@ -315,6 +316,7 @@ def test_access_log_writes_one_json_line_per_request(capsys: pytest.CaptureFixtu
     assert miss["bytes"] == hit["bytes"] == len(BODY) and head["bytes"] == 0
     assert miss["origin_ms"] > 0 and miss["duration_ms"] >= miss["origin_ms"]
     assert hit["origin_ms"] is None and hit["duration_ms"] > 0
+    assert set(hit) == set(head) == set(miss) and hit["client"] == "127.0.0.1" and hit["target"] == "/logged?v=1"
     assert head["method"] == "HEAD"
     assert miss["time"].endswith("+00:00")
 
