@@ -232,7 +232,8 @@ _uvicorn_on_headers_complete = types.FunctionType(HttpToolsProtocol.on_headers_c
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with deadlines, head size limits, strict versions and trailers dropped.
+    """uvicorn's httptools protocol with deadlines, head size limits, strict versions and trailers dropped,
+    answering what its app's `answer_now` answers while it parses.
 
     A request whose head arrives in one read arms no timer: the head deadline is set only when a read
     ends inside a head, the body deadline only when one ends inside a body."""

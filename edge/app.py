@@ -441,7 +441,7 @@ class Edge:
         """For a server that answers while it parses (`cdn.http_server`): the fresh hit `handle` would send
         for this request, as (status, its field lines, body), when the entry's fields passed `fields_checked`;
         counted and logged as a hit. None: the server runs the app as usual."""
-        started = time.perf_counter()
+        started = 0.0 if self.access_log is None else time.perf_counter()
         if (scope["method"] not in ("GET", "HEAD") or scope["path"].startswith("/_edge/")
                 or not self.shield.admits_all_on_receive() or not self.shield.within_sizes(scope)):
             return None

@@ -553,8 +553,8 @@ def test_a_hit_tells_the_server_its_fields_are_checked_only_when_they_pass(value
 
 # -- answered while the server parses (`Edge.answer_now`) --------------------------------------
 def edge_holding(fields: list[tuple[bytes, bytes]], body: bytes = b"body", **settings: Any) -> Edge:
-    """An edge with `fields` and `body` stored, fresh for ten minutes, for GET http://127.0.0.1/f."""
-    edge = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t", **settings))
+    """An edge with `fields` and `body` stored, fresh for ten minutes, for GET http://127.0.0.1/f (no access log)."""
+    edge = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t", **{"access_log": False, **settings}))
     request = ClientRequest.from_scope(hit_scope(), edge.settings)
     stored = Headers.from_raw([(b"cache-control", b"max-age=600"), *fields])
     assert edge.put(request, edge.make_entry(request, 200, stored, body, time.time(), time.time()), None, 0)

@@ -497,6 +497,18 @@ def test_a_request_with_a_body_goes_to_the_app(framing: list[tuple[str, str]]) -
     assert app.asked == [] and app.called == ["/now"]
 
 
+def test_an_answer_now_that_fails_leaves_the_request_to_the_app() -> None:
+    app = Answering()
+
+    def failing(scope: dict[str, Any]) -> None:
+        raise RuntimeError("a bug in answer_now")
+
+    app.answer_now = failing  # type: ignore[method-assign]
+    with serving_answers(app) as port:
+        answer = exchange(port, request("GET", "/now", host="x") * 2, ["GET"] * 2, WAIT)
+    assert [r.body for r in answer.responses] == [b"ok", b"ok"] and app.called == ["/now", "/now"]
+
+
 def test_pipelined_requests_are_answered_in_order_whichever_way_each_is_answered() -> None:
     app = Answering(delay=SHORT)
     with serving_answers(app) as port:
