@@ -441,9 +441,11 @@ class Answering:
         self.delay = delay
         self.asked: list[str] = []  # paths answer_now was asked for
         self.called: list[str] = []  # paths the ASGI app was called for
+        self.scopes: list[dict[str, Any]] = []  # the scopes answer_now, then the app, got
 
     def answer_now(self, scope: dict[str, Any]) -> tuple[int, bytes, bytes] | None:
         self.asked.append(scope["path"])
+        self.scopes.append(dict(scope, headers=list(scope["headers"])))
         if scope["path"] != "/now":
             return None
         return 200, b"".join(b"%s: %s\r\n" % field for field in NOW_FIELDS), b"ok"  # the body even for HEAD
@@ -452,6 +454,7 @@ class Answering:
         if scope["type"] != "http":
             return
         self.called.append(scope["path"])
+        self.scopes.append(scope)
         while (await receive()).get("more_body"):
             pass
         if scope["path"] == "/slow":
@@ -471,6 +474,17 @@ def test_an_answer_now_is_written_as_uvicorn_writes_the_same_response(method: st
         asgi = exchange(port, request(method, "/asgi", host="x"), [method], WAIT)
     assert now.responses and now.raw == asgi.raw
     assert app.called == ["/asgi"] and app.asked == ["/now", "/asgi"]
+
+
+@pytest.mark.parametrize(("target", "version"), [("/a%20b/%C3%A9?q=1&r", "HTTP/1.1"), ("/asgi?", "HTTP/1.0")])
+def test_answer_now_gets_the_request_as_the_app_s_scope_gives_it(target: str, version: str) -> None:
+    app = Answering()
+    with serving_answers(app, root_path="/mounted") as port:
+        exchange(port, request("GET", target, host="x", headers=[("X-A", "1"), ("Accept", "*/*")], version=version),
+                 timeout=WAIT)
+    asked, called = app.scopes
+    assert asked == {key: called[key] for key in asked}
+    assert asked["raw_path"].startswith(b"/mounted/") and asked["headers"][1] == (b"x-a", b"1")
 
 
 @pytest.mark.parametrize(("headers", "version"), [([("Connection", "close")], "HTTP/1.1"), ([], "HTTP/1.0"),
