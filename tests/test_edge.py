@@ -77,6 +77,7 @@ def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, met
                                      body=b"the same"))
     rig.get("/same")
     plain = rig.client.request(method, rig.url + "/same")
+    assert rig.edge.counters["hit_while_parsing"] == 1  # answered by the server as it parsed the request
     full = rig.client.request(method, rig.url + "/same", headers={"CDN-Loop": "another-edge"})
     assert "hit" in status_of(plain) and "hit" in status_of(full)
     assert (plain.status_code, plain.content) == (full.status_code, full.content)
@@ -588,7 +589,7 @@ def test_an_answer_now_is_the_fast_hit_as_field_lines(monkeypatch: pytest.Monkey
     lines = b"".join(b"%s: %s\r\n" % field for field in start["headers"])
     assert edge.answer_now(hit_scope(method)) == (start["status"], lines, body["body"])
     assert b"age: 5\r\n" in lines and b"cache-status: edge-t; hit; ttl=594\r\n" in lines
-    assert edge.counters["hit"] == 2
+    assert edge.counters["hit"] == 2 and edge.counters["hit_while_parsing"] == 1
 
 
 @pytest.mark.parametrize(("settings", "scope", "fields"), [
