@@ -69,8 +69,9 @@ class Recorder:
 def serving(app: Any, header_timeout: float = SHORT, body_timeout: float = SHORT, **options: Any) -> Iterator[int]:
     """`app` on uvicorn with `HttpProtocol` in a background thread (other uvicorn `options` as given); its port."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off", access_log=False,
-                            http=protocol_class(ClientLimits(header_timeout, body_timeout)), ws="none", **options)
+    options = {"log_level": "critical", "lifespan": "off", "access_log": False, **options}
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws="none",
+                            http=protocol_class(ClientLimits(header_timeout, body_timeout)), **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -508,6 +509,15 @@ def test_a_request_with_a_body_goes_to_the_app(framing: list[tuple[str, str]]) -
     with serving_answers(app) as port:
         answer = exchange(port, request("GET", "/now", host="x", headers=framing, body=body), timeout=WAIT)
     assert answer.status == 200
+    assert app.asked == [] and app.called == ["/now"]
+
+
+@pytest.mark.parametrize("options", [{"access_log": True, "log_level": "warning"}, {"limit_concurrency": 100}])
+def test_nothing_is_answered_now_where_uvicorn_does_its_own_part_per_response(options: dict[str, Any]) -> None:
+    # Its access log line is written by the cycle; its concurrency limit is counted in tasks.
+    app = Answering()
+    with serving_answers(app, **options) as port:
+        assert exchange(port, request("GET", "/now", host="x"), timeout=WAIT).status == 200
     assert app.asked == [] and app.called == ["/now"]
 
 
