@@ -26,7 +26,8 @@ header fields as written ("name: value\r\n" each), every one lower-case and pass
 `fields_checked` but for a Content-Length, which they hold (for HEAD, the length a GET would
 get). The server adds its default fields and, when the connection ends, `connection: close`. It is
 looked up on the app uvicorn runs, so middleware hides it (the services run none), and not used
-with uvicorn's own access log or concurrency limit, which act per response cycle.
+under uvicorn's concurrency limit, which counts tasks. uvicorn's own access log (which the services
+run off: the edge logs its requests itself) does not see what is answered now.
 
 `queued_log_config` is uvicorn's logging configuration with every handler writing from a thread of
 its own through a bounded queue, so a stderr nobody reads (a pipe, a stalled log shipper) costs
@@ -252,10 +253,8 @@ class HttpProtocol(HttpToolsProtocol):
         self.body_timer: asyncio.TimerHandle | None = None
         self.refusal: Refused | None = None
         # (scope) -> (status, checked field lines with Content-Length, body) or None; not under a concurrency
-        # limit, which uvicorn enforces per task, nor with uvicorn's access log, which its cycle writes, nor
-        # behind middleware (uvicorn's trace logging)
-        answers = self.limit_concurrency is None and not self.access_log
-        self.answer_now = getattr(self.app, "answer_now", None) if answers else None
+        # limit, which uvicorn enforces per task, nor behind middleware (uvicorn's trace logging)
+        self.answer_now = getattr(self.app, "answer_now", None) if self.limit_concurrency is None else None
         self.answered = False  # the message being parsed was answered by `answer`
         self.answered_at = 0.0  # loop time of the last answer
         self.keep_alive_lazy = False  # the keep-alive timer is `answer`'s, checked when it fires, not cancelled per read
