@@ -519,6 +519,7 @@ class Lookup(NamedTuple):
     at: float
     key: str
     cache: str  # which cache would serve it
+    answered_at: float | None = None  # when its answer came back (None: at once)
 
 
 class Invalidation(NamedTuple):
@@ -535,8 +536,10 @@ def ideal_origin_fetches(lookups: Iterable[Lookup], ttls: Mapping[str, float], i
     An ideal cache keeps everything it fetched until its freshness lifetime ends
     or a purge names one of its tags; an object with a lifetime of 0 is fetched
     every time, and one with no known lifetime (never answered well) is kept
-    until purged, so the count stays a lower bound. A purge at the same instant
-    as a lookup comes first.
+    until purged, so the count stays a lower bound. For the same reason a lookup
+    counts from when it was sent, and a fetched copy's lifetime from when its
+    answer came back: a real cache looks later and stores earlier. A purge at
+    the same instant as a lookup comes first.
     """
     events = sorted([(inv.at, 0, inv) for inv in invalidations] + [(lk.at, 1, lk) for lk in lookups],
                     key=lambda e: (e[0], e[1]))
@@ -569,7 +572,7 @@ def ideal_origin_fetches(lookups: Iterable[Lookup], ttls: Mapping[str, float], i
         by_cache[event.cache] += 1
         reasons[reason] += 1
         if ttl > 0:
-            fetched_at[entry] = event.at
+            fetched_at[entry] = event.at if event.answered_at is None else event.answered_at
             for tag in tags_of(event.key):
                 by_tag[tag].add(entry)
     return by_cache, reasons
@@ -702,10 +705,12 @@ def build_report(trace: Trace, modelled_origin_ms: Mapping[str, float]) -> dict[
     # A cache keys on the URL as sent: a cache-busting query makes a new object even for an ideal
     # cache, so the ideal is computed on that key (`target`; TTLs are the object's, by `url_key`).
     ttls = {r.target: trace.ttls[r.url_key] for r in answered if r.target and r.url_key in trace.ttls}
-    shared, shared_reasons = ideal_origin_fetches((Lookup(r.sent, r.target or r.url_key, "shared") for r in answered),
-                                                  ttls or trace.ttls, invalidations)
+    shared, shared_reasons = ideal_origin_fetches(
+        (Lookup(r.sent, r.target or r.url_key, "shared", r.sent + r.latency) for r in answered),
+        ttls or trace.ttls, invalidations)
     per_edge, per_edge_reasons = ideal_origin_fetches(
-        (Lookup(r.sent, r.target or r.url_key, r.edge or "unknown") for r in answered), ttls or trace.ttls, invalidations)
+        (Lookup(r.sent, r.target or r.url_key, r.edge or "unknown", r.sent + r.latency) for r in answered),
+        ttls or trace.ttls, invalidations)
     offload = 1 - origin_requests / totals["total"] if origin_requests is not None and totals["total"] else None
     best = 1 - sum(shared.values()) / totals["total"] if totals["total"] else None
     best_per_edge = 1 - sum(per_edge.values()) / totals["total"] if totals["total"] else None

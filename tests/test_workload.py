@@ -149,6 +149,16 @@ def test_ideal_cache_fetches_again_after_expiry() -> None:
     assert reasons == {"first": 1, "expiry": 2}  # at 10 (fetched at 0) and 25 (fetched at 10)
 
 
+def test_ideal_cache_counts_a_copy_s_lifetime_from_when_its_answer_came_back() -> None:
+    # A real cache stored the copy between the request and its answer, and looks at a later request once it
+    # arrives: counting the lifetime from the request's sending would overcount (no longer a lower bound).
+    slow = [Lookup(0, "/a", "shared", 0.5), Lookup(10.2, "/a", "shared", 10.3), Lookup(10.6, "/a", "shared", 10.7)]
+    _, reasons = ideal_origin_fetches(slow[:2], {"/a": 10}, [])
+    assert reasons == {"first": 1}  # the copy answered at 0.5 may have been fresh until 10.5
+    _, reasons = ideal_origin_fetches(slow, {"/a": 10}, [])
+    assert reasons == {"first": 1, "expiry": 1}  # but not at 10.6
+
+
 def test_ideal_cache_fetches_again_after_a_purge_of_one_of_its_tags() -> None:
     ttls = {"/api/products/1": 60, "/api/products/2": 60, "/api/products?page=1": 60, "/static/js/app-1.js": 1e9}
     trace = lookups((0, "/api/products/1"), (0, "/api/products/2"), (0, "/api/products?page=1"),
