@@ -541,14 +541,17 @@ def test_pipelined_requests_are_answered_in_order_whichever_way_each_is_answered
 
 
 def test_a_connection_kept_busy_with_answers_outlives_the_keep_alive_timeout() -> None:
-    # One keep-alive timer serves many answers, and counts from the last of them when it fires.
-    with serving_answers(Answering(), timeout_keep_alive=SHORT) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+    # One keep-alive timer serves many answers, and counts from the last of them when it fires. Requests
+    # come twelve times as often as the timeout, so a slow machine does not make the client look idle.
+    keep_alive = 4 * SHORT
+    with serving_answers(Answering(), timeout_keep_alive=keep_alive) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(WAIT)
-        deadline = time.monotonic() + 4 * SHORT
+        deadline = time.monotonic() + 2 * keep_alive
         while time.monotonic() < deadline:
             sock.sendall(request("GET", "/now", host="x"))
             assert sock.recv(65536).endswith(b"\r\n\r\nok")
-            time.sleep(SHORT / 4)
+            time.sleep(keep_alive / 12)
         assert read_until_closed(sock) == b""  # then idle: closed after the timeout
 
 
