@@ -421,13 +421,12 @@ class HttpProtocol(HttpToolsProtocol):
             return False
         status, lines, body = answer
         keep_alive = version != "1.0" and self.parser.should_keep_alive()
-        content = checked_head(status, self.server_state.default_headers, [lines], keep_alive)
+        head = checked_head(status, self.server_state.default_headers, [lines], keep_alive)
         if method == "HEAD":
-            self.transport.write_through([b"".join(content)])
-        elif len(body) <= JOIN_BODY_BELOW:
-            self.transport.write_through([b"".join([*content, body])])
-        else:  # not copied: the head and the body go out together all the same (writev)
-            self.transport.write_through([b"".join(content), body])
+            body = b""
+        # A large body is not copied into the head's buffer: the two go out together all the same (writev).
+        self.transport.write_through([b"".join([*head, body])] if len(body) <= JOIN_BODY_BELOW
+                                     else [b"".join(head), body])
         self.answered = True
         self.server_state.total_requests += 1
         if not keep_alive:

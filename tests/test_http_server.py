@@ -19,6 +19,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from cdn.http_server import (
     CHECKED_FIELDS,
+    JOIN_BODY_BELOW,
     MAX_HEAD_BYTES,
     ClientLimits,
     CoalescingTransport,
@@ -431,15 +432,16 @@ def serving_answers(app: Any, **options: Any) -> contextlib.AbstractContextManag
     return serving(app, proxy_headers=False, **options)
 
 
-NOW_FIELDS = [(b"content-type", b"text/plain"), (b"x-a", b"1"), (b"content-length", b"2")]
 
 
 class Answering:
-    """Answers GET and HEAD of /now while the server parses them (`answer_now`); through ASGI, /asgi with the
-    same response and /slow with `b"slow"` after `delay` seconds. Records what reached each."""
+    """Answers GET and HEAD of /now with `body` while the server parses them (`answer_now`); through ASGI, /asgi
+    with the same response and /slow with `b"slow"` after `delay` seconds. Records what reached each."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, body: bytes = b"ok") -> None:
         self.delay = delay
+        self.body = body
+        self.fields = [(b"content-type", b"text/plain"), (b"x-a", b"1"), (b"content-length", b"%d" % len(body))]
         self.asked: list[str] = []  # paths answer_now was asked for
         self.called: list[str] = []  # paths the ASGI app was called for
         self.scopes: list[dict[str, Any]] = []  # the scopes answer_now, then the app, got
@@ -449,7 +451,7 @@ class Answering:
         self.scopes.append(dict(scope, headers=list(scope["headers"])))
         if scope["path"] != "/now":
             return None
-        return 200, b"".join(b"%s: %s\r\n" % field for field in NOW_FIELDS), b"ok"  # the body even for HEAD
+        return 200, b"".join(b"%s: %s\r\n" % field for field in self.fields), self.body  # the body even for HEAD
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -463,13 +465,14 @@ class Answering:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
             await send({"type": "http.response.body", "body": b"slow"})
             return
-        await send({"type": "http.response.start", "status": 200, "headers": NOW_FIELDS})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await send({"type": "http.response.start", "status": 200, "headers": self.fields})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])  # HEAD: the head alone, whatever body the app gave
-def test_an_answer_now_is_written_as_uvicorn_writes_the_same_response(method: str) -> None:
-    app = Answering()
+@pytest.mark.parametrize("size", [2, JOIN_BODY_BELOW + 1])  # a larger body goes out beside its head, not in it
+def test_an_answer_now_is_written_as_uvicorn_writes_the_same_response(method: str, size: int) -> None:
+    app = Answering(body=b"k" * size)
     with serving_answers(app, date_header=False) as port:  # default fields, but for one that changes each second
         now = exchange(port, request(method, "/now", host="x"), [method], WAIT)
         asgi = exchange(port, request(method, "/asgi", host="x"), [method], WAIT)
