@@ -192,7 +192,7 @@ def content_bytes(factory: EntryFactory, size: int, tagged: bool) -> tuple[int, 
     request = factory.request(0)
     headers, body = factory.received(0, size, tagged)
     entry = factory.edge.make_entry(request, 200, headers, body, 0.0, 0.0)
-    return len(body) + sum(len(k) + len(v) for k, v in entry.meta.headers.items), entry.size
+    return len(body) + sum(len(k) + len(v) for k, v in entry.headers.items), entry.size
 
 
 def fill_baseline(factory: EntryFactory, objects: int, size: int, tagged: bool, block: bool) -> dict[str, Any]:

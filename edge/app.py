@@ -161,34 +161,46 @@ class ClientRequest:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Stored(rfc.Freshness):
-    """What the request path keeps beside an entry's body (the store's `Entry.meta`): the response's
-    freshness (it is its own rfc.Freshness: one object fewer per entry), status, Vary and fields.
+@dataclass(slots=True, eq=False, kw_only=True)
+class Stored(Entry, rfc.FreshnessRules):
+    """A stored response as the request path keeps it: the store's Entry (key, URL, body, tags), with the
+    response's freshness, status, Vary and fields in the same object.
 
-    The stored fields are held once, as bytes (b"name\0value\0name\0value"): the ones a hit
-    delivers in `block` (`wire` reads it as pairs), the few it does not in `held`. `headers`
-    reads them all as text for the rest of the request path.
+    The stored fields are held once, in one bytes object (b"name\0value\0name\0value"): first the
+    `delivered` ones a hit sends (`wire` reads them as pairs), then the few it does not (targeted and
+    tag fields). `headers` reads them all as text for the rest of the request path.
     """
 
+    lifetime: float
+    initial_age: float
+    response_time: float
+    no_cache: bool = False
+    must_revalidate: bool = False
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
     status: int
     vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
-    block: bytes  # delivery fields: no Age, Content-Length or targeted fields
-    held: bytes = b""  # stored fields a hit does not deliver (targeted and tag fields)
+    fields: bytes  # a `field_block`: no Age or Content-Length
+    delivered: int  # how many of its fields a hit sends
+
+    def fields_size(self) -> int:
+        return stored_fields_size(self.fields)
 
     @property
     def wire(self) -> list[tuple[bytes, bytes]]:
-        """The delivery fields as (name, value) pairs, read from `block` on each call."""
-        return field_pairs(self.block)
+        """The delivered fields as (name, value) pairs, read on each call."""
+        pairs = field_pairs(self.fields)
+        return pairs if len(pairs) == self.delivered else pairs[:self.delivered]
 
     @property
     def headers(self) -> Headers:
         """The stored response's end-to-end fields (but Age and Content-Length), built on each call."""
-        return Headers.from_stored(field_pairs(self.block), field_pairs(self.held))
+        pairs = field_pairs(self.fields)
+        return Headers.from_stored(pairs[:self.delivered], pairs[self.delivered:])
 
 
 def field_block(fields: list[tuple[bytes, bytes]]) -> bytes:
-    """`Stored.block` for `fields`, whose names and values hold no NUL (HTTP's parsers refuse one)."""
+    """`Stored.fields` for `fields`, whose names and values hold no NUL (HTTP's parsers refuse one)."""
     return b"\0".join([part for field in fields for part in field])
 
 
@@ -205,10 +217,13 @@ class Cooked:
     and, when they and the fields a hit adds passed `fields_checked`, as the lines of a response head, with
     the lines a hit adds (Age, Cache-Status, X-Served-By) for the age and time to live they were made for."""
 
-    __slots__ = ("meta", "fields", "lines", "age", "ttl", "added")
+    __slots__ = ("source", "length", "fields", "lines", "age", "ttl", "added")
 
-    def __init__(self, meta: Stored, fields: list[tuple[bytes, bytes]], lines: bytes | None) -> None:
-        self.meta = meta  # the Stored they were read from: a purged and refetched entry has another
+    def __init__(self, entry: Stored, fields: list[tuple[bytes, bytes]], lines: bytes | None) -> None:
+        # What they were read from, all they depend on: a purged and refetched entry has other `fields`
+        # (or, when neither has fields, perhaps another length). Not the entry: that would keep its body.
+        self.source = entry.fields
+        self.length = len(entry.body)
         self.fields = fields
         self.lines = lines
         self.age = self.ttl = -1
@@ -430,7 +445,7 @@ class Edge:
         body = self.served(entry, scope["method"])
         headers = [*cooked.fields, (b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)),
                    (b"cache-status", self._hit_status + b"%d" % ttl), self._served_by]
-        start = {"type": "http.response.start", "status": entry.meta.status, "headers": headers}
+        start = {"type": "http.response.start", "status": entry.status, "headers": headers}
         if cooked.lines is not None:
             start[CHECKED_FIELDS] = len(body)  # our server writes them without checking each again
         await send(start)
@@ -457,10 +472,10 @@ class Edge:
         counters = self.counters  # which hits took the quickest way (operators see a setting that stops it)
         counters["hit_while_parsing"] = counters.get("hit_while_parsing", 0) + 1
         if self.access_log is not None:
-            self.log_access(scope, entry.meta.status, f"hit; ttl={ttl}", len(body), started)
-        return entry.meta.status, cooked.lines + cooked.added, body
+            self.log_access(scope, entry.status, f"hit; ttl={ttl}", len(body), started)
+        return entry.status, cooked.lines + cooked.added, body
 
-    def fresh(self, scope: Scope) -> tuple[Entry, Cooked, float, float] | None:
+    def fresh(self, scope: Scope) -> tuple[Stored, Cooked, float, float] | None:
         """The commonest answer, found without building the request: a GET or HEAD with no field that could
         change it (HIT_SENSITIVE) for a fresh entry stored without Vary, as (the entry, its `cook`, its age,
         its time to live). None: the full path decides."""
@@ -480,19 +495,18 @@ class Edge:
         entry = self.store.only_variant(key)
         if entry is None:
             return None
-        meta: Stored = entry.meta
-        age = time.time() - meta.response_time  # meta.age(now) inline, with conditionals: calling max() costs more
-        age = meta.initial_age + (age if age > 0.0 else 0.0)
-        ttl = meta.lifetime - age
+        age = time.time() - entry.response_time  # entry.age(now) inline, with conditionals: calling max() costs more
+        age = entry.initial_age + (age if age > 0.0 else 0.0)
+        ttl = entry.lifetime - age
         # rfc.reuse for a request without directives: FRESH exactly when this holds.
-        if ttl <= 0 or meta.vary or meta.no_cache or entry.soft_purged:
+        if ttl <= 0 or entry.vary or entry.no_cache or entry.soft_purged:
             return None
         cooked = self._cooked.get(key)
-        if cooked is None or cooked.meta is not meta:  # not another (purged, refetched) entry's fields
+        if cooked is None or cooked.source is not entry.fields or cooked.length != len(entry.body):
             cooked = self.cook(key, entry)
         return entry, cooked, age, ttl
 
-    def served(self, entry: Entry, method: str) -> bytes:
+    def served(self, entry: Stored, method: str) -> bytes:
         """The body a fresh hit sends for `method`; the entry is touched and the hit counted."""
         self.store.touch(entry)
         counters = self.counters
@@ -503,13 +517,12 @@ class Edge:
         counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
         return body
 
-    def cook(self, key: str, entry: Entry) -> Cooked:
+    def cook(self, key: str, entry: Stored) -> Cooked:
         """`Cooked` for an entry, kept for the last COOKED entries served, so a hot entry is not read per hit."""
-        meta: Stored = entry.meta
-        wire = meta.wire
+        wire = entry.wire
         fields = [*wire, (b"content-length", b"%d" % len(entry.body))]
         checked = self._own_fields_checked and fields_checked(wire)
-        cooked = Cooked(meta, fields, b"".join(b"%s: %s\r\n" % field for field in fields) if checked else None)
+        cooked = Cooked(entry, fields, b"".join(b"%s: %s\r\n" % field for field in fields) if checked else None)
         if len(self._cooked) >= COOKED:
             del self._cooked[next(iter(self._cooked))]  # the longest kept
         self._cooked[key] = cooked
@@ -537,14 +550,13 @@ class Edge:
         return await self.listener.wait_until_applied(wanted, timeout=1.0)
 
     # -- lookup ---------------------------------------------------------------
-    def select(self, request: ClientRequest) -> tuple[Entry | None, bool]:
+    def select(self, request: ClientRequest) -> tuple[Stored | None, bool]:
         """The stored variant this request selects (RFC 9111 §4.1), and whether any variant exists."""
         variants = self.store.variants(request.url)
-        best: Entry | None = None
+        best: Stored | None = None
         for entry in variants:
-            meta: Stored = entry.meta
-            if all(normalise_selecting_value(name, request.headers.get_all(name)) == value for name, value in meta.vary):
-                if best is None or meta.response_time > best.meta.response_time:
+            if all(normalise_selecting_value(name, request.headers.get_all(name)) == value for name, value in entry.vary):
+                if best is None or entry.response_time > best.response_time:
                     best = entry
         if best is not None:
             self.store.touch(best)
@@ -566,7 +578,7 @@ class Edge:
             await self.fetch(request, send, None, "vary-miss" if had_variants else "miss")
             return
         now = time.time()
-        decision = rfc.reuse(entry.meta, request.directives, now, entry.soft_purged)
+        decision = rfc.reuse(entry, request.directives, now, entry.soft_purged)
         if decision is rfc.Reuse.FRESH:
             self.count("hit")
             await self.deliver(request, entry, send, "hit", now)
@@ -584,7 +596,7 @@ class Edge:
             await self.fetch(request, send, entry, "stale" if not ("no-cache" in request.directives) else "request")
 
     # -- fetch ----------------------------------------------------------------
-    def forward_headers(self, request: ClientRequest, stale: Entry | None, to_store: bool) -> list[tuple[str, str]]:
+    def forward_headers(self, request: ClientRequest, stale: Stored | None, to_store: bool) -> list[tuple[str, str]]:
         """The request fields sent to the origin: end-to-end only, plus the proxy's own (RFC 9110 §7.6)."""
         drop = NOT_FORWARDED | rfc.connection_listed(request.headers)
         if to_store and stale is not None:
@@ -597,10 +609,10 @@ class Edge:
                 ("x-forwarded-proto", "http"), ("surrogate-capability", f'{self.id}="Surrogate/1.0"'),
                 ("cdn-loop", loop)]
         if stale is not None and to_store:
-            out += rfc.validators(stale.meta.headers)
+            out += rfc.validators(stale.headers)
         return out
 
-    async def fetch(self, request: ClientRequest, send: Send, stale: Entry | None, reason: str) -> None:
+    async def fetch(self, request: ClientRequest, send: Send, stale: Stored | None, reason: str) -> None:
         """Miss or revalidation: wait for a fetch of the same key already under way, or make one."""
         key = request.url
         if request.method != "GET" or reason == "bypass" or self.hit_for_miss.get(key, 0.0) > time.monotonic():
@@ -633,16 +645,16 @@ class Edge:
         if entry is None or entry.soft_purged:
             return False
         now = time.time()
-        fetched_for_us = entry.meta.response_time >= waited_since
-        if not fetched_for_us and rfc.reuse(entry.meta, request.directives, now) is not rfc.Reuse.FRESH:
+        fetched_for_us = entry.response_time >= waited_since
+        if not fetched_for_us and rfc.reuse(entry, request.directives, now) is not rfc.Reuse.FRESH:
             return False
         self.count("coalesced_hit")
         await self.deliver(request, entry, send, None, now, fwd=f"fwd={reason}; collapsed")
         return True
 
-    def fence_refuses(self, request: ClientRequest, status: int, headers: Headers, stale: Entry | None) -> int | None:
+    def fence_refuses(self, request: ClientRequest, status: int, headers: Headers, stale: Stored | None) -> int | None:
         """The purge fence this response (or, for a 304, the stored entry it confirms) is older than, if any."""
-        source = stale.meta.headers if status == 304 and stale is not None else headers
+        source = stale.headers if status == 304 and stale is not None else headers
         raw = source.get(self.settings.version_header)
         if raw is None or not raw.isdigit():
             return None
@@ -675,7 +687,7 @@ class Edge:
         UPSTREAM_WAIT.set(elapsed + (UPSTREAM_WAIT.get() or 0.0))
         return response
 
-    async def fetch_now(self, request: ClientRequest, send: Send, stale: Entry | None, reason: str) -> None:
+    async def fetch_now(self, request: ClientRequest, send: Send, stale: Stored | None, reason: str) -> None:
         """Ask upstream (a parent, or the origin), store what may be stored, deliver."""
         assert self.upstream is not None
         decision = await self.shield.admit(request.client_ip, request.method, request.path, request.headers,
@@ -722,7 +734,7 @@ class Edge:
                 await self.freshen(request, send, stale, resp_headers, request_time, response_time, serial)
                 return
             if stale is not None and response.status >= 500 and rfc.may_serve_stale_on_error(
-                stale.meta, request.directives, response_time
+                stale, request.directives, response_time
             ):
                 self.count("stale_if_error")
                 await self.deliver(request, stale, send, "hit", response_time, detail="stale-if-error",
@@ -743,9 +755,9 @@ class Edge:
         finally:
             await response.close()
 
-    async def origin_failed(self, request: ClientRequest, send: Send, stale: Entry | None, exc: OriginError) -> None:
+    async def origin_failed(self, request: ClientRequest, send: Send, stale: Stored | None, exc: OriginError) -> None:
         now = time.time()
-        if stale is not None and rfc.may_serve_stale_on_error(stale.meta, request.directives, now):
+        if stale is not None and rfc.may_serve_stale_on_error(stale, request.directives, now):
             self.count("stale_if_error")
             await self.deliver(request, stale, send, "hit", now, detail="stale-if-error", fwd="fwd=stale; fwd-status=0")
             return
@@ -757,15 +769,14 @@ class Edge:
         log.warning("%s %s: %s", request.method, request.url, exc.message)
         await self.send_error(send, exc.status, exc.message, "fwd=miss; detail=origin-error")
 
-    def within_grace(self, entry: Entry, now: float) -> bool:
+    def within_grace(self, entry: Stored, now: float) -> bool:
         """The operator's grace: stale while no origin is available, unless the response forbids stale serving."""
-        meta: Stored = entry.meta
-        if self.settings.stale_grace <= 0 or meta.must_revalidate or meta.no_cache:
+        if self.settings.stale_grace <= 0 or entry.must_revalidate or entry.no_cache:
             return False
-        return -meta.ttl(now) <= self.settings.stale_grace
+        return -entry.ttl(now) <= self.settings.stale_grace
 
     def make_entry(self, request: ClientRequest, status: int, headers: Headers, body: bytes,
-                   request_time: float, response_time: float) -> Entry:
+                   request_time: float, response_time: float) -> Stored:
         """An entry for a storable response (RFC 9111 §3.1: only end-to-end fields are kept)."""
         stored = headers.remove(rfc.stored_fields_to_drop(headers, self.policy))
         if "date" not in stored:
@@ -773,23 +784,21 @@ class Edge:
         names = parse_vary(stored.get_all("vary")) or ()
         vary = tuple((n, normalise_selecting_value(n, request.headers.get_all(n))) for n in names)
         tags = surrogate_keys(stored.get_all("surrogate-key"), stored.get_all("cache-tag"))
-        # Held as long as the entry, once, as bytes: the delivered fields in one block (see Stored).
+        # Held as long as the entry, once, as bytes, the delivered fields first (see Stored).
         # Content-Length is the body's, and Age is worked out from the freshness: neither is kept.
         wire: list[tuple[bytes, bytes]] = []
-        held: list[tuple[bytes, bytes]] = []
+        held: list[tuple[bytes, bytes]] = []  # not delivered
         for k, v in stored.items:
             if k not in UNKEPT and "\0" not in v:
                 (held if k in self._strip else wire).append((k.encode("latin-1"), v.encode("latin-1")))
         key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
-        block, kept_aside = field_block(wire), field_block(held)
-        meta = rfc.assess(status, stored, request_time, response_time, self.policy, Stored,
-                          status=status, vary=vary, block=block, held=kept_aside)
-        return Entry(key=key, url=request.url, body=body, header_bytes=stored_fields_size(block, kept_aside),
-                     tags=tuple(tags), meta=meta)
+        return rfc.assess(status, stored, request_time, response_time, self.policy, Stored,
+                          key=key, url=request.url, body=body, tags=tuple(tags), status=status, vary=vary,
+                          fields=field_block(wire + held), delivered=len(wire))
 
-    def put(self, request: ClientRequest, entry: Entry, stale: Entry | None, fetched_at: int) -> bool:
+    def put(self, request: ClientRequest, entry: Stored, stale: Stored | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""
-        if self.fence_refuses(request, entry.meta.status, entry.meta.headers, None) is not None:
+        if self.fence_refuses(request, entry.status, entry.headers, None) is not None:
             self.count("fenced_not_stored")  # a purge with a newer version arrived while it was fetched
             return False
         replaced = [e for e in self.store.variants(request.url) if e.key == entry.key or e is stale]
@@ -797,20 +806,19 @@ class Edge:
         self.count("stored" if stored else "not_stored_too_large")
         return stored
 
-    async def freshen(self, request: ClientRequest, send: Send, stale: Entry, validation: Headers,
+    async def freshen(self, request: ClientRequest, send: Send, stale: Stored, validation: Headers,
                       request_time: float, response_time: float, serial: int) -> None:
         """A 304 answered our conditional request: update the stored fields, then deliver (RFC 9111 §4.3.4)."""
-        meta: Stored = stale.meta
-        merged = rfc.merge_304(meta.headers, validation)
-        entry = self.make_entry(request, meta.status, merged, stale.body, request_time, response_time)
-        if rfc.uncacheable_reason("GET", meta.status, request.headers, merged, self.policy) is None:
+        merged = rfc.merge_304(stale.headers, validation)
+        entry = self.make_entry(request, stale.status, merged, stale.body, request_time, response_time)
+        if rfc.uncacheable_reason("GET", stale.status, request.headers, merged, self.policy) is None:
             self.put(request, entry, stale, serial)
         else:  # e.g. the 304 set a cookie: this client gets it, the cache keeps nothing
             self.store.delete(stale.key)
         await self.deliver(request, entry, send, None, response_time, fwd="fwd=stale; fwd-status=304; stored")
 
     async def stream_and_store(self, request: ClientRequest, send: Send, response: OriginResponse, headers: Headers,
-                               request_time: float, response_time: float, stale: Entry | None, fwd: str,
+                               request_time: float, response_time: float, stale: Stored | None, fwd: str,
                                serial: int) -> None:
         """Deliver a storable response while reading it; store it once it arrived whole."""
         if CLIENT_CONDITIONALS.intersection(k for k, _ in request.headers.items):
@@ -901,14 +909,14 @@ class Edge:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- background refresh (stale-while-revalidate) ---------------------------
-    def refresh_in_background(self, request: ClientRequest, entry: Entry) -> None:
+    def refresh_in_background(self, request: ClientRequest, entry: Stored) -> None:
         if entry.key in self.refreshing:
             return
         task = asyncio.create_task(self.refresh(request, entry))
         self.refreshing[entry.key] = task
         task.add_done_callback(lambda _: self.refreshing.pop(entry.key, None))
 
-    async def refresh(self, request: ClientRequest, stale: Entry) -> None:
+    async def refresh(self, request: ClientRequest, stale: Stored) -> None:
         assert self.upstream is not None
         if not (await self.shield.admit(None, "GET", request.path, request.headers, origin_bound=True)).allowed:
             self.count("background_refresh_over_budget")
@@ -930,8 +938,8 @@ class Edge:
             if self.fence_refuses(get, response.status, headers, stale) is not None:
                 self.count("fenced_refetch")
             elif response.status == 304:
-                merged = rfc.merge_304(stale.meta.headers, headers)
-                entry = self.make_entry(get, stale.meta.status, merged, stale.body, request_time, response_time)
+                merged = rfc.merge_304(stale.headers, headers)
+                entry = self.make_entry(get, stale.status, merged, stale.body, request_time, response_time)
                 self.put(get, entry, stale, serial)
             elif rfc.uncacheable_reason("GET", response.status, get.headers, headers, self.policy) is None:
                 body = await self.read_whole(response)
@@ -994,24 +1002,23 @@ class Edge:
             self.store.purge_url(request.host + normalise_path(path) + (f"?{parts.query}" if parts.query else ""))
 
     # -- deliver --------------------------------------------------------------
-    async def deliver(self, request: ClientRequest, entry: Entry, send: Send, hit: str | None, now: float,
+    async def deliver(self, request: ClientRequest, entry: Stored, send: Send, hit: str | None, now: float,
                       detail: str | None = None, fwd: str | None = None) -> None:
         """Answer from a stored entry: 304 to a matching conditional, 206/416 to a range, else the whole."""
-        meta: Stored = entry.meta
-        extra = self.hit_fields(meta, now, hit, detail, fwd)
-        if (meta.status == 200 and ("if-none-match" in request.headers or "if-modified-since" in request.headers)
-                and rfc.not_modified(request.headers, meta.headers, meta.response_time)):
-            headers = [(k, v) for k, v in meta.wire if k.decode("latin-1") in rfc.NOT_MODIFIED_FIELDS]
+        extra = self.hit_fields(entry, now, hit, detail, fwd)
+        if (entry.status == 200 and ("if-none-match" in request.headers or "if-modified-since" in request.headers)
+                and rfc.not_modified(request.headers, entry.headers, entry.response_time)):
+            headers = [(k, v) for k, v in entry.wire if k.decode("latin-1") in rfc.NOT_MODIFIED_FIELDS]
             await send({"type": "http.response.start", "status": 304, "headers": headers + extra})
             await send({"type": "http.response.body", "body": b""})
             return
         body = entry.body
-        status = meta.status
-        headers = list(meta.wire) if not request.surrogate else self.deliverable(meta.headers, request)
+        status = entry.status
+        headers = list(entry.wire) if not request.surrogate else self.deliverable(entry.headers, request)
         if request.surrogate:
             headers = [(k, v) for k, v in headers if k not in (b"content-length", b"age")]
         wanted = request.headers.get("range") if status == 200 else None
-        if wanted and self.if_range_holds(request, meta):
+        if wanted and self.if_range_holds(request, entry):
             chosen = parse_range(wanted, len(body))
             if chosen == "unsatisfiable":
                 headers = [(b"content-range", f"bytes */{len(body)}".encode())]
@@ -1031,11 +1038,11 @@ class Edge:
         await send({"type": "http.response.start", "status": status, "headers": headers + extra})
         await send({"type": "http.response.body", "body": body})
 
-    def hit_fields(self, meta: Stored, now: float, hit: str | None, detail: str | None = None,
+    def hit_fields(self, entry: Stored, now: float, hit: str | None, detail: str | None = None,
                    fwd: str | None = None) -> list[tuple[bytes, bytes]]:
         """Age, Cache-Status (RFC 9211) and X-Served-By of an answer from the cache at `now`."""
-        age = meta.age(now)
-        ttl = meta.lifetime - age
+        age = entry.age(now)
+        ttl = entry.lifetime - age
         status = self._status_id
         if hit:
             status += b"; " + hit.encode()
@@ -1047,15 +1054,15 @@ class Edge:
         return [(b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)), (b"cache-status", status), self._served_by]
 
     @staticmethod
-    def if_range_holds(request: ClientRequest, meta: Stored) -> bool:
+    def if_range_holds(request: ClientRequest, entry: Stored) -> bool:
         """If-Range (RFC 9110 §13.1.5): serve the range only when the validator still matches (strongly)."""
         condition = request.headers.get("if-range")
         if condition is None:
             return True
-        etag = meta.headers.get("etag")
+        etag = entry.headers.get("etag")
         if condition.startswith(('"', "W/")):
             return etag is not None and not etag.startswith("W/") and condition == etag
-        return condition == meta.headers.get("last-modified")
+        return condition == entry.headers.get("last-modified")
 
     async def refuse(self, send: Send, decision: Decision) -> None:
         """The shield's answer: 429 with Retry-After and RateLimit fields, or 503 past the origin budget."""

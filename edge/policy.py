@@ -125,17 +125,19 @@ def uncacheable_reason(
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Freshness:
-    """What the cache needs to know of a stored response to judge reuse, computed once at store time."""
+class FreshnessRules:
+    """What the cache needs to know of a stored response to judge reuse, computed once at store time, and
+    its age and time to live from it. Without slots of its own: the dataclasses that hold the fields
+    declare them (`Freshness`, and the stored entry, `edge.app.Stored`, which holds them itself)."""
 
+    __slots__ = ()
     lifetime: float  # RFC 9111 §4.2.1
     initial_age: float  # corrected_initial_age, RFC 9111 §4.2.3
     response_time: float
-    no_cache: bool = False  # always revalidate (§5.2.2.4)
-    must_revalidate: bool = False  # no stale serving (§5.2.2.2, §5.2.2.8, s-maxage)
-    stale_while_revalidate: float = 0.0  # RFC 5861
-    stale_if_error: float = 0.0
+    no_cache: bool  # always revalidate (§5.2.2.4)
+    must_revalidate: bool  # no stale serving (§5.2.2.2, §5.2.2.8, s-maxage)
+    stale_while_revalidate: float  # RFC 5861
+    stale_if_error: float
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
@@ -145,7 +147,20 @@ class Freshness:
         return self.lifetime - self.age(now)
 
 
-F = TypeVar("F", bound=Freshness)
+@dataclass(frozen=True, slots=True)
+class Freshness(FreshnessRules):
+    """The freshness of a response on its own (see FreshnessRules)."""
+
+    lifetime: float
+    initial_age: float
+    response_time: float
+    no_cache: bool = False
+    must_revalidate: bool = False
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+
+
+F = TypeVar("F", bound=FreshnessRules)
 
 
 def _seconds(d: Directives, name: str) -> float:
@@ -193,14 +208,30 @@ def initial_age(headers: Headers, request_time: float, response_time: float) -> 
     return max(apparent_age, age_value + response_delay)
 
 
+# Lifetimes and initial ages repeat (3600.0 for every max-age=3600, 0.0): a stored entry holds one float
+# object each value is shared by, not two of its own (24 bytes each). Up to SHARED_FLOATS values.
+SHARED_FLOATS = 4096
+_shared_floats: dict[float, float] = {}
+
+
+def shared(value: float) -> float:
+    """The one float object for `value` (`value` itself once SHARED_FLOATS values are kept)."""
+    kept = _shared_floats.get(value)
+    if kept is None:
+        if len(_shared_floats) >= SHARED_FLOATS:
+            return value
+        _shared_floats[value] = kept = value
+    return kept
+
+
 def assess(status: int, headers: Headers, request_time: float, response_time: float, policy: CachePolicy,
            kind: Callable[..., F] = Freshness, /, **more: Any) -> F:
     """The Freshness of a response received at `response_time` for a request sent at `request_time`
-    (as `kind`, a subclass of Freshness, with the fields `more` gives it)."""
+    (as `kind`, a dataclass with FreshnessRules' fields, and the fields `more` gives it)."""
     source, d = governing_directives(headers, policy)
     return kind(
-        lifetime=freshness_lifetime(status, headers, response_time, policy),
-        initial_age=initial_age(headers, request_time, response_time),
+        lifetime=shared(freshness_lifetime(status, headers, response_time, policy)),
+        initial_age=shared(initial_age(headers, request_time, response_time)),
         response_time=response_time,
         no_cache="no-cache" in d and not d.field_names("no-cache"),
         must_revalidate=("must-revalidate" in d or "proxy-revalidate" in d or
@@ -224,7 +255,7 @@ class Reuse(enum.Enum):
     VALIDATE = "validate"  # ask the origin first (conditional request)
 
 
-def reuse(freshness: Freshness, request: Directives, now: float, soft_purged: bool = False) -> Reuse:
+def reuse(freshness: FreshnessRules, request: Directives, now: float, soft_purged: bool = False) -> Reuse:
     """Whether a stored response may answer this request without the origin (RFC 9111 §4.2, §4.2.4, §5.2.1)."""
     if "no-cache" in request or freshness.no_cache:
         return Reuse.VALIDATE
@@ -250,7 +281,7 @@ def reuse(freshness: Freshness, request: Directives, now: float, soft_purged: bo
     return Reuse.VALIDATE
 
 
-def may_serve_stale_on_error(freshness: Freshness, request: Directives, now: float) -> bool:
+def may_serve_stale_on_error(freshness: FreshnessRules, request: Directives, now: float) -> bool:
     """stale-if-error (RFC 5861 §4), from the response or the request, unless revalidation is mandatory."""
     if freshness.must_revalidate or freshness.no_cache:
         return False

@@ -7,26 +7,27 @@ delete, purge) goes through `_unlink`, so the indexes stay exact.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import InitVar, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from cachetools import Cache, LRUCache
 
-# What an entry costs in memory beyond its body, as measured with tracemalloc through the edge's own
-# miss path (tests/test_store_memory.py keeps these at or above the real cost): per entry the Entry,
-# its metadata and key, the LRU's links and the URL index; per tag, its index entry and its share of
-# a tag's keys. Both allow for the indexes' dicts having just grown (a dict key costs 21 to 60 bytes).
-ENTRY_OVERHEAD = 800  # 640 measured at 20,000 entries
+# What an entry costs in memory beyond its body, key text and fields, as measured through the edge's own
+# miss path (tests/test_store_memory.py keeps these at or above the real cost, memory_bench.py shows RSS):
+# per entry the Entry (the request path's Stored: freshness and fields in the same object), its key's
+# and body's object headers, the LRU's links and the URL index; per tag, its index entry and its share
+# of a tag's keys. Both allow for the indexes' dicts having just grown (a dict key costs 21 to 60 bytes).
+ENTRY_OVERHEAD = 540  # about 400 traced, 510 of RSS (the allocator's rounding), at 20,000 entries
 TAG_OVERHEAD = 140  # a tag only this entry carries: its string (49 + length), an index key, a tuple slot
-# Stored header fields are kept as bytes objects (BLOCK_OVERHEAD each beyond its text and separators).
+# Stored header fields are kept as one bytes object (BLOCK_OVERHEAD beyond its text and separators).
 BLOCK_OVERHEAD = 40
 
 
-def stored_fields_size(*blocks: bytes) -> int:
-    """Memory the header fields of one entry take, as the store charges it: `blocks` are its bytes objects."""
-    return sum(BLOCK_OVERHEAD + len(block) for block in blocks if block)
+def stored_fields_size(block: bytes) -> int:
+    """Memory the header fields of one entry take, as the store charges it: `block` is their bytes object."""
+    return BLOCK_OVERHEAD + len(block) if block else 0
 
 
 # Purges remembered to judge responses that were being fetched while they were applied.
@@ -35,33 +36,36 @@ RECENT_PURGES = 4096
 
 @dataclass(slots=True, eq=False)
 class Entry:
-    """One stored response variant. `meta` is the request path's (status, headers, freshness...)."""
+    """One stored response variant. The request path's subclass (`edge.app.Stored`) adds what it means
+    in HTTP: status, freshness, fields. One object per entry, not an entry and its metadata: each costs
+    its header and the garbage collector's, and a full collection visits every one."""
 
     key: str  # unique per variant
     url: str  # the URL key all variants of a resource share
     body: bytes
-    header_bytes: InitVar[int]  # memory its header fields take: counted in `size`, not kept
     tags: Collection[str] = ()  # a tuple: a frozenset of two costs 216 bytes, a tuple 56
-    meta: Any = None
     soft_purged: bool = False
     serial: int = 0  # the store's purge serial when it was stored
-    size: int = field(init=False)
 
-    def __post_init__(self, header_bytes: int) -> None:
-        self.size = len(self.body) + header_bytes + ENTRY_OVERHEAD + sum(TAG_OVERHEAD + len(t) for t in self.tags)
+    def fields_size(self) -> int:
+        """Memory its header fields take (the subclass that keeps fields says)."""
+        return 0
+
+    @property
+    def size(self) -> int:
+        """What the store charges for it: worked out when asked, not kept (an int of its own is 28 bytes).
+        Nothing it is made of changes while it is stored."""
+        keys = len(self.key) if self.key is self.url else len(self.key) + len(self.url)
+        return (len(self.body) + keys + self.fields_size() + ENTRY_OVERHEAD
+                + sum(TAG_OVERHEAD + len(t) for t in self.tags))
 
 
-class _EvictingLRU(LRUCache):
-    """cachetools' LRU that reports what it evicts to make room."""
+class _LRU(LRUCache):
+    """cachetools' LRU, for its order only: the store counts the bytes itself (cachetools would keep each
+    entry's size in a dict of its own, an entry and an int each) and evicts through `popitem`."""
 
-    def __init__(self, maxsize: int, on_evict: Callable[[Entry], None]) -> None:
-        super().__init__(maxsize, getsizeof=lambda entry: entry.size)
-        self._on_evict = on_evict
-
-    def popitem(self) -> tuple[str, Entry]:
-        key, entry = super().popitem()
-        self._on_evict(entry)
-        return key, entry
+    def __init__(self) -> None:
+        super().__init__(math.inf)
 
     def peek(self, key: str) -> Entry | None:
         """The entry without making it the most recently used."""
@@ -74,7 +78,8 @@ class Store:
     def __init__(self, capacity: int, max_object_size: int) -> None:
         self.capacity = capacity
         self.max_object_size = min(max_object_size, capacity)
-        self._lru = _EvictingLRU(capacity, self._unlink)
+        self._lru = _LRU()
+        self._bytes = 0  # the sizes of the entries in `_lru`
         # The indexes hold a lone member as itself, and a dict of them only from the second one on:
         # most URLs have one variant and many tags one entry, and an empty dict costs 200 bytes. A tag's
         # keys are a dict (key -> None), not a set: at 20,000 keys a set takes 105 bytes a key, a dict 21.
@@ -157,7 +162,7 @@ class Store:
     @property
     def size(self) -> int:
         """Bytes accounted to stored entries."""
-        return int(self._lru.currsize)
+        return self._bytes
 
     def keys_for_tag(self, tag: str) -> frozenset[str]:
         """Keys of the entries carrying `tag` that purges left in place."""
@@ -182,10 +187,16 @@ class Store:
             self.delete(old.key)
         if entry.key in self._lru:
             self.delete(entry.key)
-        if entry.size > self.capacity or len(entry.body) > self.max_object_size:
+        size = entry.size
+        if size > self.capacity or len(entry.body) > self.max_object_size:
             return False
         entry.serial = self.purge_serial
-        self._lru[entry.key] = entry  # may evict, which unlinks through popitem
+        while self._bytes + size > self.capacity:
+            _, evicted = self._lru.popitem()  # the least recently used
+            self._bytes -= evicted.size
+            self._unlink(evicted)
+        self._lru[entry.key] = entry
+        self._bytes += size
         variants = self._by_url.get(entry.url)
         if variants is None:
             self._by_url[entry.url] = entry
@@ -214,6 +225,7 @@ class Store:
         if entry is None:
             return False
         del self._lru[key]
+        self._bytes -= entry.size
         self._unlink(entry, evicted=False)
         return True
 
@@ -338,7 +350,8 @@ class Store:
         if soft:
             return self._purge_keys(list(self._lru.keys()), soft=True)
         count = len(self._lru)
-        self._lru = _EvictingLRU(self.capacity, self._unlink)
+        self._lru = _LRU()
+        self._bytes = 0
         self._by_url.clear()
         self._by_tag.clear()
         self._tag_names.clear()

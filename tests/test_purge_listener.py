@@ -10,7 +10,7 @@ from purge_api.log import EdgeInfo, MemoryPurgeLog, Purge
 
 
 def tagged(key: str, tag: str) -> Entry:
-    return Entry(key=key, url=key, body=b"x", header_bytes=0, tags=frozenset({tag}))
+    return Entry(key=key, url=key, body=b"x", tags=frozenset({tag}))
 
 
 def listener_for(log: MemoryPurgeLog, store: Store) -> PurgeListener:

@@ -8,7 +8,7 @@ from edge.store import ENTRY_OVERHEAD, Entry, Store
 
 
 def entry(key: str, size: int = 100, tags: tuple[str, ...] = (), url: str | None = None) -> Entry:
-    return Entry(key=key, url=url or key, body=b"x" * size, header_bytes=0, tags=frozenset(tags))
+    return Entry(key=key, url=url or key, body=b"x" * size, tags=frozenset(tags))
 
 
 def assert_indexes_exact(store: Store) -> None:
@@ -33,7 +33,7 @@ def assert_indexes_exact(store: Store) -> None:
 
 
 def test_total_size_never_exceeds_capacity() -> None:
-    capacity = 10 * (1000 + ENTRY_OVERHEAD)
+    capacity = 10 * entry("k00", 1000).size
     store = Store(capacity, capacity)
     for i in range(50):
         store.put(entry(f"k{i}", 1000))
@@ -42,7 +42,7 @@ def test_total_size_never_exceeds_capacity() -> None:
 
 
 def test_least_recently_used_entry_is_evicted_first() -> None:
-    store = Store(3 * (100 + ENTRY_OVERHEAD), 10_000)
+    store = Store(3 * entry("a").size, 10_000)
     for key in ("a", "b", "c"):
         store.put(entry(key))
     store.touch(store.get("a"))
@@ -50,6 +50,14 @@ def test_least_recently_used_entry_is_evicted_first() -> None:
     assert store.get("b") is None
     assert {k for k in ("a", "c", "d") if store.get(k)} == {"a", "c", "d"}
     assert store.evictions == 1
+
+
+def test_an_entry_is_charged_its_keys_text() -> None:
+    # A long URL costs what it holds: 2,000 bytes of query string are not free beside a tiny body.
+    assert entry("k" * 2001).size - entry("k").size == 2000
+    assert entry("a", 0).size == ENTRY_OVERHEAD + 1
+    # A variant's key is the URL and more (Vary): both are held.
+    assert entry("/u\x00accept=json", url="/u").size == entry("/u\x00accept=json").size + 2
 
 
 def test_objects_over_the_size_cap_are_refused() -> None:
