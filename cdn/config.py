@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 class SettingsError(ValueError):
     """A setting is missing, unknown or has a value of the wrong kind."""
+
+
+SECRET_NAMES = ("token", "password", "secret")
+
+
+def shown(where: tuple[int | str, ...], value: Any) -> str:
+    """A value as an error about the setting at `where` may show it: a token or password not at all,
+    and a URL without the password it carries (a Redis URL's, or its `sentinel_password`)."""
+    if any(secret in str(part).lower() for part in where for secret in SECRET_NAMES):
+        return "(hidden)"
+    text = repr(value)
+    if "://" in text:
+        text = re.sub(r"(://[^/@]*?:)[^/]*@", r"\1***@", text)  # scheme://user:password@host
+        text = re.sub(r"(password=)[^&'\"]*", r"\1***", text)
+    return text
 
 
 class ServiceSettings(BaseModel):
@@ -93,5 +109,5 @@ def load_settings(
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or cls.section
-            problems.append(f"{cls.section}.{where}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{cls.section}.{where}: {err['msg']} (got {shown(err['loc'], err.get('input'))})")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
