@@ -294,6 +294,7 @@ class Edge:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()  # the loop serving this edge (tests drive it from threads)
+        self.metrics.gc_pauses.watch()
         if self.upstream is None:
             self.upstream = Upstream(self.settings)
             await self.upstream.start()
@@ -315,6 +316,7 @@ class Edge:
             await asyncio.sleep(0 if self.store.sweep(250) else 0.05)
 
     async def stop(self) -> None:
+        self.metrics.gc_pauses.stop()
         for task in [*self.refreshing.values(), *([self._sweeper] if self._sweeper else [])]:
             task.cancel()
         self._sweeper = None

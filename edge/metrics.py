@@ -2,14 +2,17 @@
 
 The hit path only increments plain counters (`Edge.counters`); they become
 metric families when scraped, beside gauges read then from the store, the
-upstream pools and the shield. The two histograms are observed off the hit
-path: upstream response times on misses, purge lag as purges are acknowledged.
+upstream pools and the shield. The histograms are observed off the hit path:
+upstream response times on misses, purge lag as purges are acknowledged, and
+garbage collection pauses as Python's collector reports them.
 Each edge has its own registry, so several edges (and other services) can run
 in one process.
 """
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,7 @@ STALE_REASONS = {"max_stale": "max-stale", "while_revalidate": "stale-while-reva
                  "grace": "stale-grace", "origin_budget": "origin-budget"}
 UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PURGE_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+GC_PAUSE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class EdgeMetrics:
@@ -59,6 +63,9 @@ class EdgeMetrics:
         self._from_parent = upstream.labels(*labels, "parent") if self._parents else self._from_origin
         self.purge_lag = Histogram("cdn_edge_purge_lag_seconds", "Seconds from a purge's creation to its application here",
                                    LABELS, registry=self.registry, buckets=PURGE_LAG_BUCKETS).labels(*labels)
+        gc_pause = Histogram("cdn_edge_gc_pause_seconds", "Seconds each garbage collection held the process",
+                             [*LABELS, "generation"], registry=self.registry, buckets=GC_PAUSE_BUCKETS)
+        self.gc_pauses = GcPauses([gc_pause.labels(*labels, str(generation)) for generation in range(3)])
         self.registry.register(EdgeCollector(edge))
 
     def upstream_answered(self, served_by: str, seconds: float) -> None:
@@ -68,6 +75,30 @@ class EdgeMetrics:
     def render(self) -> bytes:
         """Every metric in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class GcPauses:
+    """Observes how long each of Python's garbage collections holds the process, by generation, while
+    watching (`gc.callbacks`). Every request waits for one: a full collection (generation 2) visits every
+    cached entry, so it grows with the cache (about 60 ms at 100,000 entries on the project's machine)."""
+
+    def __init__(self, by_generation: list[Histogram]) -> None:
+        self._by_generation = by_generation
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._by_generation[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def watch(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def stop(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 class TimedAcks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -130,6 +131,27 @@ def test_store_gauges_match_the_store(site: Site) -> None:
     assert value(samples, "cdn_edge_store_bytes") == site.edge.store.size
     assert value(samples, "cdn_edge_store_capacity_bytes") == site.edge.settings.cache_size
     assert value(samples, "cdn_edge_store_tags") == site.edge.store.tag_count()
+
+
+def test_garbage_collection_pauses_are_observed_by_generation_while_the_edge_runs(site: Site) -> None:
+    # Every request waits while Python collects, and a full collection visits every cached entry.
+    before = site.metrics()
+    gc.collect(2)
+    gc.collect(0)
+    after = site.metrics()
+    for generation in ("0", "2"):
+        count = "cdn_edge_gc_pause_seconds_count"
+        assert value(after, count, generation=generation, edge="eu-1") >= value(before, count, generation=generation) + 1
+    assert value(after, "cdn_edge_gc_pause_seconds_sum", generation="2") > value(before, "cdn_edge_gc_pause_seconds_sum",
+                                                                                  generation="2")
+    assert site.edge.metrics.gc_pauses in gc.callbacks
+
+
+def test_an_edge_stops_watching_garbage_collections_when_it_stops() -> None:
+    edge = create_edge(EdgeSettings(origin="http://127.0.0.1:9", access_log=False))
+    with ThreadServer(edge):
+        assert edge.metrics.gc_pauses in gc.callbacks
+    assert edge.metrics.gc_pauses not in gc.callbacks
 
 
 def test_a_purge_from_the_log_counts_as_applied_with_its_lag(site: Site) -> None:
