@@ -25,16 +25,32 @@ class SettingsError(ValueError):
 SECRET_NAMES = ("token", "password", "secret")
 
 
-def shown(where: tuple[int | str, ...], value: Any) -> str:
-    """A value as an error about the setting at `where` may show it: a token or password not at all,
-    and a URL without the password it carries (a Redis URL's, or its `sentinel_password`)."""
+def shown(error: Mapping[str, Any]) -> str:
+    """What an error message may show of the value a setting was given: nothing for an unknown setting or
+    for the settings as a whole (the input is all of them then), nothing of a token or password, and any URL
+    in it without its password (a Redis URL's, or its `sentinel_password`)."""
+    where = error["loc"]
+    if not where or error["type"] == "extra_forbidden":
+        return ""
     if any(secret in str(part).lower() for part in where for secret in SECRET_NAMES):
-        return "(hidden)"
-    text = repr(value)
-    if "://" in text:
-        text = re.sub(r"(://[^/@]*?:)[^/]*@", r"\1***@", text)  # scheme://user:password@host
-        text = re.sub(r"(password=)[^&'\"]*", r"\1***", text)
-    return text
+        return " (got a value, not shown)"
+    return f" (got {_without_passwords(error.get('input'))!r})"
+
+
+def _without_passwords(value: Any) -> Any:
+    if isinstance(value, str):
+        scheme, sep, rest = value.partition("://")
+        if sep and "@" in rest:  # everything up to the last @ may be the password (redis-py's reading)
+            credentials, _, after = rest.rpartition("@")
+            user, colon, _ = credentials.partition(":")
+            rest = f"{user}:***@{after}" if colon else f"***@{after}"
+        return re.sub(r"(password=)[^&]*", r"\1***", scheme + sep + rest)
+    if isinstance(value, list | tuple):
+        return [_without_passwords(v) for v in value]
+    if isinstance(value, dict):
+        return {k: "***" if any(s in str(k).lower() for s in SECRET_NAMES) else _without_passwords(v)
+                for k, v in value.items()}
+    return value
 
 
 class ServiceSettings(BaseModel):
@@ -109,5 +125,5 @@ def load_settings(
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or cls.section
-            problems.append(f"{cls.section}.{where}: {err['msg']} (got {shown(err['loc'], err.get('input'))})")
+            problems.append(f"{cls.section}.{where}: {err['msg']}{shown(err)}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

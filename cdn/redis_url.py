@@ -14,6 +14,7 @@ place a client is made.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -101,7 +102,9 @@ def check_redis_url(url: str) -> str:
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ValueError(f"{exc} (the forms are {PLAIN_FORM} and {SENTINEL_FORM})") from None
+        # Without what it quotes of the URL: a malformed one may be split inside its password.
+        why = re.sub(r"'[^']*'", "'...'", str(exc))
+        raise ValueError(f"{why} (the forms are {PLAIN_FORM} and {SENTINEL_FORM})") from None
     return url
 
 
