@@ -208,18 +208,22 @@ def initial_age(headers: Headers, request_time: float, response_time: float) -> 
     return max(apparent_age, age_value + response_delay)
 
 
-# Lifetimes and initial ages repeat (3600.0 for every max-age=3600, 0.0): a stored entry holds one float
-# object each value is shared by, not two of its own (24 bytes each). Up to SHARED_FLOATS values.
+# Lifetimes repeat (3600.0 for every max-age=3600), and so do whole initial ages (0.0, an Age field's
+# seconds): a stored entry holds one float object each value is shared by, not one of its own (24 bytes
+# each). An initial age with a response delay in it is the entry's own. Up to SHARED_FLOATS values are
+# kept; a flood of distinct ones costs one rebuild per SHARED_FLOATS.
 SHARED_FLOATS = 4096
 _shared_floats: dict[float, float] = {}
 
 
 def shared(value: float) -> float:
-    """The one float object for `value` (`value` itself once SHARED_FLOATS values are kept)."""
+    """The one float object for `value` when it is a whole number, else `value`."""
+    if not value.is_integer():
+        return value
     kept = _shared_floats.get(value)
     if kept is None:
         if len(_shared_floats) >= SHARED_FLOATS:
-            return value
+            _shared_floats.clear()
         _shared_floats[value] = kept = value
     return kept
 

@@ -31,6 +31,7 @@ from edge.policy import (
     not_modified,
     request_directives,
     reuse,
+    shared,
     stored_fields_to_drop,
     uncacheable_reason,
     validators,
@@ -396,11 +397,15 @@ def test_assess_combines_lifetime_age_and_time():
 
 
 def test_entries_with_the_same_lifetime_share_one_float_for_it():
-    # Every stored entry holds its lifetime and initial age: 24 bytes each unless shared.
-    first = assess(200, fields("Cache-Control: max-age=3600"), T, T, POLICY)
-    second = assess(200, fields("Cache-Control: max-age=3600"), T + 1.5, T + 1.5, POLICY)
-    assert first.lifetime is second.lifetime and first.initial_age is second.initial_age
-    assert (second.lifetime, second.initial_age) == (3600.0, 0.0)
+    # Every stored entry holds its lifetime: 24 bytes unless shared. Its initial age has the response
+    # delay in it, and is its own.
+    first = assess(200, fields("Cache-Control: max-age=3600"), T - 0.0123, T, POLICY)
+    second = assess(200, fields("Cache-Control: max-age=3600"), T + 1.4, T + 1.5, POLICY)
+    assert first.lifetime is second.lifetime and first.lifetime == 3600.0
+    assert (first.initial_age, second.initial_age) == (pytest.approx(0.0123), pytest.approx(0.1))
+    fractions = [float("2.5"), float("2.5")]
+    assert shared(fractions[0]) is fractions[0] and shared(fractions[1]) is fractions[1]  # never kept
+    assert shared(float("1e9")) is shared(float("1e9"))
 
 
 @pytest.mark.parametrize(
