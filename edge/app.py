@@ -294,7 +294,6 @@ class Edge:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()  # the loop serving this edge (tests drive it from threads)
-        self.metrics.gc_pauses.watch()
         if self.upstream is None:
             self.upstream = Upstream(self.settings)
             await self.upstream.start()
@@ -309,6 +308,7 @@ class Edge:
             self.listener = PurgeListener(acks_timed, self.store, info, s.heartbeat_interval,
                                           stats=self.registry_stats, count=self.count, fence_ttl=s.fence_ttl)
             self.listener.start()
+        self.metrics.gc_pauses.watch()
 
     async def sweep_forever(self) -> None:
         """Delete what tag purges removed, a few hundred entries at a time, between requests."""

@@ -11,13 +11,15 @@ in one process.
 
 from __future__ import annotations
 
+import bisect
 import gc
+import itertools
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from balancer import OriginPool
@@ -63,9 +65,8 @@ class EdgeMetrics:
         self._from_parent = upstream.labels(*labels, "parent") if self._parents else self._from_origin
         self.purge_lag = Histogram("cdn_edge_purge_lag_seconds", "Seconds from a purge's creation to its application here",
                                    LABELS, registry=self.registry, buckets=PURGE_LAG_BUCKETS).labels(*labels)
-        gc_pause = Histogram("cdn_edge_gc_pause_seconds", "Seconds each garbage collection held the process",
-                             [*LABELS, "generation"], registry=self.registry, buckets=GC_PAUSE_BUCKETS)
-        self.gc_pauses = GcPauses([gc_pause.labels(*labels, str(generation)) for generation in range(3)])
+        self.gc_pauses = GcPauses(labels)
+        self.registry.register(self.gc_pauses)
         self.registry.register(EdgeCollector(edge))
 
     def upstream_answered(self, served_by: str, seconds: float) -> None:
@@ -77,20 +78,40 @@ class EdgeMetrics:
         return generate_latest(self.registry)
 
 
-class GcPauses:
-    """Observes how long each of Python's garbage collections holds the process, by generation, while
-    watching (`gc.callbacks`). Every request waits for one: a full collection (generation 2) visits every
-    cached entry, so it grows with the cache (about 60 ms at 100,000 entries on the project's machine)."""
+class GcPauses(Collector):
+    """How long each of Python's garbage collections holds the process, by generation, while watching
+    (`gc.callbacks`). Every request waits for one: a full collection (generation 2) visits every cached
+    entry, so it grows with the cache (about 60 ms at 100,000 entries on the project's machine).
 
-    def __init__(self, by_generation: list[Histogram]) -> None:
-        self._by_generation = by_generation
-        self._started = 0.0
+    A collection may start in any thread, at any allocation, a scrape's included: the callback takes no
+    lock (prometheus_client's Histogram takes one it cannot take twice), it only adds to plain counts,
+    which become a histogram family when scraped.
+    """
+
+    def __init__(self, labels: tuple[str, str]) -> None:
+        self._labels = labels
+        self._counts = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]  # per generation, per bucket, +Inf
+        self._sums = [0.0] * 3
+        self._started: float | None = None
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
-        else:
-            self._by_generation[info["generation"]].observe(time.perf_counter() - self._started)
+        elif self._started is not None:  # not a stop whose start came before we watched
+            seconds = time.perf_counter() - self._started
+            self._started = None
+            generation = info["generation"]
+            self._sums[generation] += seconds
+            self._counts[generation][bisect.bisect_left(GC_PAUSE_BUCKETS, seconds)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily("cdn_edge_gc_pause_seconds", "Seconds each garbage collection held the process",
+                                       labels=[*LABELS, "generation"])
+        for generation, counts in enumerate(self._counts):
+            cumulative = list(itertools.accumulate(counts))
+            buckets = [(f"{bound:g}", n) for bound, n in zip(GC_PAUSE_BUCKETS, cumulative)] + [("+Inf", cumulative[-1])]
+            family.add_metric([*self._labels, str(generation)], buckets, self._sums[generation])
+        yield family
 
     def watch(self) -> None:
         if self not in gc.callbacks:

@@ -18,6 +18,7 @@ from balancer.router import create_app as create_router
 from balancer.router_settings import RouterSettings
 from cdn.access_log import ACCESS_LOGGER, StdoutLines
 from edge.app import Edge, create_app as create_edge
+from edge.metrics import GcPauses
 from edge.settings import EdgeSettings
 from origin_mock.app import create_app as create_origin
 from origin_mock.settings import OriginSettings
@@ -145,6 +146,23 @@ def test_garbage_collection_pauses_are_observed_by_generation_while_the_edge_run
     assert value(after, "cdn_edge_gc_pause_seconds_sum", generation="2") > value(before, "cdn_edge_gc_pause_seconds_sum",
                                                                                   generation="2")
     assert site.edge.metrics.gc_pauses in gc.callbacks
+
+
+def test_a_gc_pause_goes_to_its_bucket_and_a_stop_seen_without_its_start_is_not_counted(monkeypatch) -> None:
+    clock = iter([10.0, 10.003])
+    monkeypatch.setattr("edge.metrics.time.perf_counter", lambda: next(clock))
+    pauses = GcPauses(("eu-1", "eu-west"))
+    pauses("stop", {"generation": 2})  # its start came before the edge watched: no pause to measure
+    pauses("start", {"generation": 1})
+    pauses("stop", {"generation": 1})
+    samples = {(s.name, s.labels.get("generation"), s.labels.get("le")): s.value
+               for family in pauses.collect() for s in family.samples}
+    assert samples[("cdn_edge_gc_pause_seconds_count", "1", None)] == 1
+    assert samples[("cdn_edge_gc_pause_seconds_sum", "1", None)] == pytest.approx(0.003)
+    assert samples[("cdn_edge_gc_pause_seconds_bucket", "1", "0.0025")] == 0
+    assert samples[("cdn_edge_gc_pause_seconds_bucket", "1", "0.005")] == 1
+    assert samples[("cdn_edge_gc_pause_seconds_bucket", "1", "+Inf")] == 1
+    assert samples[("cdn_edge_gc_pause_seconds_count", "2", None)] == 0
 
 
 def test_an_edge_stops_watching_garbage_collections_when_it_stops() -> None:
