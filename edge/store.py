@@ -45,7 +45,7 @@ class Entry:
     body: bytes
     tags: Collection[str] = ()  # a tuple: a frozenset of two costs 216 bytes, a tuple 56
     soft_purged: bool = False
-    serial: int = 0  # the store's purge serial when it was stored
+    serial: int = 0  # the store's purge serial when it was stored, or last looked at against tag purges
 
     def fields_size(self) -> int:
         """Memory its header fields take (the subclass that keeps fields says)."""
@@ -101,6 +101,7 @@ class Store:
         # stored before the mark count as purged when next looked at, and a sweeper deletes them
         # in small steps (`sweep`) so a purge of 100,000 objects never blocks the event loop.
         self._tag_marks: dict[str, tuple[int, int]] = {}  # tag -> serial of its last hard, soft purge
+        self._last_mark = 0  # the serial of the last tag purge: an entry with a later one need not be looked at
         self._to_sweep: deque[str] = deque()
 
     # -- reading --------------------------------------------------------------
@@ -119,7 +120,7 @@ class Store:
         found = self._by_url.get(url)
         if not isinstance(found, Entry):
             return None
-        return self.current(found) if self._tag_marks else found
+        return found if found.serial >= self._last_mark else self.current(found)
 
     def url_keys(self, url: str) -> list[str]:
         """The keys of every stored variant of `url`."""
@@ -136,8 +137,9 @@ class Store:
         return [found] if isinstance(found, str) else list(found)
 
     def current(self, entry: Entry) -> Entry | None:
-        """`entry` as tag purges left it: None (and deleted) after a hard one, marked stale after a soft one."""
-        if entry.tags and self._tag_marks:
+        """`entry` as tag purges left it: None (and deleted) after a hard one, marked stale after a soft one.
+        An entry looked at is not looked at again before the next tag purge (a hit after one pays once)."""
+        if entry.serial < self._last_mark and entry.tags:
             for tag in entry.tags:
                 marks = self._tag_marks.get(tag)
                 if marks is not None:
@@ -146,6 +148,7 @@ class Store:
                         return None
                     if marks[1] > entry.serial:
                         entry.soft_purged = True
+            entry.serial = self.purge_serial  # as if stored now: what the marks say of it is now in the entry
         return entry
 
     def touch(self, entry: Entry) -> None:
@@ -333,6 +336,7 @@ class Store:
             count += len(keys)
             hard_mark, soft_mark = self._tag_marks.get(tag, (0, 0))
             self._tag_marks[tag] = (hard_mark, serial) if soft else (serial, soft_mark)
+            self._last_mark = serial
             if not soft:
                 self._to_sweep.extend(keys)
         return count

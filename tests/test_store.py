@@ -160,6 +160,35 @@ def test_purge_all_empties_store_and_indexes() -> None:
     assert_indexes_exact(store)
 
 
+class CountingMarks(dict):
+    """The store's tag marks, counting how often an entry's tags are looked up in them."""
+
+    lookups = 0
+
+    def get(self, *args):
+        self.lookups += 1
+        return super().get(*args)
+
+
+def test_a_hit_after_a_tag_purge_looks_at_the_marks_once_not_on_every_hit() -> None:
+    # A mark stays until its tag's last entry leaves: the entries stored before it must not pay for it forever.
+    store = Store(1 << 20, 1 << 20)
+    store.put(entry("a", tags=("t",)))
+    store.put(entry("b", tags=("u", "v")))
+    store._tag_marks = marks = CountingMarks()
+    store.purge_tags(["t"])
+    marks.lookups = 0
+    assert [store.only_variant("b") is not None for _ in range(3)] == [True] * 3
+    assert marks.lookups == 2  # b's two tags, once
+    store.purge_tags(["v"], soft=True)
+    marks.lookups = 0
+    assert store.only_variant("b").soft_purged and store.only_variant("b").soft_purged
+    assert marks.lookups == 2
+    assert store.only_variant("a") is None  # the first purge's entry is gone, however often asked
+    store.purge_tags(["u"])
+    assert store.only_variant("b") is None
+
+
 def test_indexes_stay_exact_under_random_operations() -> None:
     rng = random.Random(7)
     store = Store(40 * (200 + ENTRY_OVERHEAD), 10_000)
