@@ -171,13 +171,6 @@ class Stored(Entry, rfc.FreshnessRules):
     tag fields). `headers` reads them all as text for the rest of the request path.
     """
 
-    lifetime: float
-    initial_age: float
-    response_time: float
-    no_cache: bool = False
-    must_revalidate: bool = False
-    stale_while_revalidate: float = 0.0
-    stale_if_error: float = 0.0
     status: int
     vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
     fields: bytes  # a `field_block`: no Age or Content-Length

@@ -125,19 +125,20 @@ def uncacheable_reason(
     return None
 
 
+@dataclass(eq=False)
 class FreshnessRules:
     """What the cache needs to know of a stored response to judge reuse, computed once at store time, and
-    its age and time to live from it. Without slots of its own: the dataclasses that hold the fields
-    declare them (`Freshness`, and the stored entry, `edge.app.Stored`, which holds them itself)."""
+    its age and time to live from it. The fields, without slots: the dataclasses that hold them make them
+    (`Freshness`, and the stored entry, `edge.app.Stored`, which holds them itself)."""
 
     __slots__ = ()
     lifetime: float  # RFC 9111 §4.2.1
     initial_age: float  # corrected_initial_age, RFC 9111 §4.2.3
     response_time: float
-    no_cache: bool  # always revalidate (§5.2.2.4)
-    must_revalidate: bool  # no stale serving (§5.2.2.2, §5.2.2.8, s-maxage)
-    stale_while_revalidate: float  # RFC 5861
-    stale_if_error: float
+    no_cache: bool = False  # always revalidate (§5.2.2.4)
+    must_revalidate: bool = False  # no stale serving (§5.2.2.2, §5.2.2.8, s-maxage)
+    stale_while_revalidate: float = 0.0  # RFC 5861
+    stale_if_error: float = 0.0
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
@@ -147,17 +148,9 @@ class FreshnessRules:
         return self.lifetime - self.age(now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Freshness(FreshnessRules):
-    """The freshness of a response on its own (see FreshnessRules)."""
-
-    lifetime: float
-    initial_age: float
-    response_time: float
-    no_cache: bool = False
-    must_revalidate: bool = False
-    stale_while_revalidate: float = 0.0
-    stale_if_error: float = 0.0
+    """The freshness of a response on its own."""
 
 
 F = TypeVar("F", bound=FreshnessRules)

@@ -34,7 +34,7 @@ def stored_fields_size(block: bytes) -> int:
 RECENT_PURGES = 4096
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, kw_only=True)
 class Entry:
     """One stored response variant. The request path's subclass (`edge.app.Stored`) adds what it means
     in HTTP: status, freshness, fields. One object per entry, not an entry and its metadata: each costs

@@ -322,6 +322,19 @@ def test_admin_purge_by_tag_removes_exactly_the_tagged_entries(rig: Rig) -> None
     assert rig.origin.hits["/two"] == 1
 
 
+def test_stored_entries_are_told_apart_by_identity_not_by_value() -> None:
+    # Two fetches of the same response are two entries: the request path tells them apart with `is` and
+    # keeps them in dicts and sets, so equal fields must not make them equal (nor unhashable).
+    settings = EdgeSettings(origin="http://127.0.0.1:9", access_log=False, metrics=False)
+    edge = Edge(settings)
+    request = ClientRequest.from_scope({"type": "http", "method": "GET", "path": "/same", "raw_path": b"/same",
+                                        "query_string": b"", "client": ("127.0.0.1", 1),
+                                        "headers": [(b"host", b"shop.example")]}, settings)
+    headers = Headers.from_raw([(b"cache-control", b"max-age=60"), (b"date", b"Mon, 30 Nov 2026 02:00:00 GMT")])
+    first, second = (edge.make_entry(request, 200, headers, b"body", 1000.0, 1000.0) for _ in range(2))
+    assert first != second and len({first, second}) == 2
+
+
 def test_a_hit_after_a_purge_and_refetch_carries_the_new_fields_with_the_new_body(rig: Rig) -> None:
     # The fast path keeps the fields of the objects it served last read as pairs: never another entry's.
     version = {"n": 1}
