@@ -7,7 +7,9 @@ delete, purge) goes through `_unlink`, so the indexes stay exact.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -30,6 +32,22 @@ def stored_fields_size(block: bytes) -> int:
     return BLOCK_OVERHEAD + len(block) if block else 0
 
 
+def _untracker() -> Callable[[Entry], None]:
+    """CPython's PyObject_GC_UnTrack (elsewhere, nothing)."""
+    if sys.implementation.name != "cpython":
+        return lambda entry: None
+    untrack = ctypes.pythonapi.PyObject_GC_UnTrack  # a PyDLL function: called with the GIL held
+    untrack.argtypes = [ctypes.py_object]
+    untrack.restype = None
+    return untrack
+
+
+# A stored entry is left out of the cycle collector's sight: its slots hold strings, bytes, numbers and
+# tuples of them, so it can never be part of a reference cycle, and a full collection, which holds every
+# request while it runs, would otherwise visit every entry (at 100,000 entries, 100 ms instead of 25).
+# Reference counting frees it as before.
+untrack = _untracker()
+
 # Purges remembered to judge responses that were being fetched while they were applied.
 RECENT_PURGES = 4096
 
@@ -38,7 +56,8 @@ RECENT_PURGES = 4096
 class Entry:
     """One stored response variant. The request path's subclass (`edge.app.Stored`) adds what it means
     in HTTP: status, freshness, fields. One object per entry, not an entry and its metadata: each costs
-    its header and the garbage collector's, and a full collection visits every one."""
+    its header and the garbage collector's. Its slots hold only strings, bytes, numbers and tuples of
+    them (the store takes it out of the cycle collector's sight: see `untrack`)."""
 
     key: str  # unique per variant
     url: str  # the URL key all variants of a resource share
@@ -200,6 +219,7 @@ class Store:
             self._unlink(evicted)
         self._lru[entry.key] = entry
         self._bytes += size
+        untrack(entry)
         variants = self._by_url.get(entry.url)
         if variants is None:
             self._by_url[entry.url] = entry
