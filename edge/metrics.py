@@ -80,8 +80,8 @@ class EdgeMetrics:
 
 class GcPauses(Collector):
     """How long each of Python's garbage collections holds the process, by generation, while watching
-    (`gc.callbacks`). Every request waits for one: a full collection (generation 2) visits every cached
-    entry, so it grows with the cache (about 60 ms at 100,000 entries on the project's machine).
+    (`gc.callbacks`). Every request waits for one: a full collection (generation 2) walks the store's
+    indexes, so it grows with the cache (about 25 ms at 100,000 entries on the project's machine).
 
     A collection may start in any thread, at any allocation, a scrape's included: the callback takes no
     lock (prometheus_client's Histogram takes one it cannot take twice), it only adds to plain counts,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import subprocess
 import sys
@@ -102,3 +103,19 @@ def test_every_command_has_help() -> None:
     parser = build_parser()
     subcommands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert {"edge", "origin", "purge-api", "router", "purge", "demo", "bench"} <= set(subcommands)
+
+
+def test_serve_puts_what_start_up_made_out_of_the_collectors_sight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full garbage collection holds every request: it need not visit modules, classes and the app again.
+    import uvicorn
+
+    from cdn import cli
+
+    seen = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.append(gc.get_freeze_count()))
+    try:
+        settings = load_settings(EdgeSettings, None, {}, {})
+        assert cli.serve("edge", lambda s: None, settings, app=object()) == 0
+        assert seen and seen[0] > 10_000
+    finally:
+        gc.unfreeze()
