@@ -94,15 +94,20 @@ def uvicorn_options(settings: Any, proxy: bool) -> dict[str, Any]:
     return options
 
 
+def freeze_start_up() -> None:
+    """What start-up made (modules, classes, settings, the app) lives as long as the process: out of the
+    cycle collector's sight, a full collection, which holds every request, no longer visits it each time
+    (55,000 objects, 7 ms of every full collection on the project's machine), and forked workers do not
+    write to its pages."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any = None) -> int:
     """Run `app` on the service's server, or with `workers` > 1, that many forked uvicorn processes each making one."""
     import uvicorn
 
-    # What start-up made (modules, classes, settings, the app) lives as long as the process: out of the
-    # cycle collector's sight, a full collection no longer visits it each time (55,000 objects, 7 ms of
-    # every full collection on the project's machine), and forked workers do not write to its pages.
-    gc.collect()
-    gc.freeze()
+    freeze_start_up()
     if getattr(settings, "server", "uvicorn") == "granian":
         serving.run_granian(app, settings.host, settings.port, settings.log_level)
         return 0
@@ -114,6 +119,7 @@ def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any 
     def run_worker(number: int, sock: Any) -> None:
         changes = WORKER_SETTINGS.get(service, lambda *_: {})(settings, number)
         app = make_app(settings.model_copy(update=changes))
+        freeze_start_up()
         uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 
     return serving.supervise(run_worker, settings.workers, serving.bind(settings.host, settings.port))
