@@ -11,7 +11,9 @@ import argparse
 import gc
 import importlib
 import json
+import shutil
 import sys
+import tempfile
 import types
 import typing
 from collections.abc import Callable
@@ -74,7 +76,7 @@ def settings_from_args(cls: type[ServiceSettings], args: argparse.Namespace) -> 
 
 # Per-worker settings: each edge worker is an edge of its own in the registry, so purges wait for all of them.
 WORKER_SETTINGS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
-    "edge": lambda settings, number: {"id": f"{settings.id}.{number}"},
+    "edge": lambda settings, number: {"id": f"{settings.id}.{number}"},  # `serve` adds a folder for their metrics
 }
 
 
@@ -116,13 +118,22 @@ def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any 
         uvicorn.run(app, host=settings.host, port=settings.port, **options)
         return 0
 
+    shared = None
+    if service == "edge" and not settings.worker_metrics_dir:  # a scrape of any worker serves every one's
+        shared = tempfile.mkdtemp(prefix="cdn-edge-workers-")
+        settings = settings.model_copy(update={"worker_metrics_dir": shared})
+
     def run_worker(number: int, sock: Any) -> None:
         changes = WORKER_SETTINGS.get(service, lambda *_: {})(settings, number)
         app = make_app(settings.model_copy(update=changes))
         freeze_start_up()
         uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 
-    return serving.supervise(run_worker, settings.workers, serving.bind(settings.host, settings.port))
+    try:
+        return serving.supervise(run_worker, settings.workers, serving.bind(settings.host, settings.port))
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

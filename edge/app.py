@@ -37,7 +37,7 @@ from edge.headers import (
     split_list,
     surrogate_keys,
 )
-from edge.metrics import EdgeMetrics, TimedAcks
+from edge.metrics import SNAPSHOT_EVERY, EdgeMetrics, TimedAcks, WorkerSnapshots
 from edge.origin import BODY_ERRORS, OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
@@ -248,6 +248,7 @@ class Edge:
         self.purge_log = purge_log
         self.listener: PurgeListener | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._snapshots: asyncio.Task[None] | None = None
         self.refreshing: dict[str, asyncio.Task[None]] = {}
         self.flights: dict[str, asyncio.Event] = {}  # cache key -> set when its fetch is done (coalescing)
         self.hit_for_miss: dict[str, float] = {}  # cache key -> until when it skips coalescing
@@ -301,7 +302,22 @@ class Edge:
             self.listener = PurgeListener(acks_timed, self.store, info, s.heartbeat_interval,
                                           stats=self.registry_stats, count=self.count, fence_ttl=s.fence_ttl)
             self.listener.start()
+        if self.metrics.snapshots is not None and self._snapshots is None:
+            self._snapshots = asyncio.create_task(self.snapshot_forever(self.metrics.snapshots))
         self.metrics.gc_pauses.watch()
+
+    async def snapshot_forever(self, snapshots: WorkerSnapshots) -> None:
+        """Leave this worker's metrics for its fellow workers to serve (`WorkerSnapshots`)."""
+        failing = False
+        while True:
+            try:
+                snapshots.write(self.metrics.render_own())
+                failing = False
+            except OSError as exc:
+                if not failing:  # said once a spell, not each second
+                    log.warning("cannot leave this worker's metrics in %s: %s", snapshots.folder, exc)
+                failing = True
+            await asyncio.sleep(SNAPSHOT_EVERY)
 
     async def sweep_forever(self) -> None:
         """Delete what tag purges removed, a few hundred entries at a time, between requests."""
@@ -310,9 +326,11 @@ class Edge:
 
     async def stop(self) -> None:
         self.metrics.gc_pauses.stop()
-        for task in [*self.refreshing.values(), *([self._sweeper] if self._sweeper else [])]:
+        for task in [*self.refreshing.values(), *(t for t in (self._sweeper, self._snapshots) if t is not None)]:
             task.cancel()
-        self._sweeper = None
+        self._sweeper = self._snapshots = None
+        if self.metrics.snapshots is not None:
+            self.metrics.snapshots.remove()
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None

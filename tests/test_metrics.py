@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -163,6 +164,35 @@ def test_a_gc_pause_goes_to_its_bucket_and_a_stop_seen_without_its_start_is_not_
     assert samples[("cdn_edge_gc_pause_seconds_bucket", "1", "0.005")] == 1
     assert samples[("cdn_edge_gc_pause_seconds_bucket", "1", "+Inf")] == 1
     assert samples[("cdn_edge_gc_pause_seconds_count", "2", None)] == 0
+
+
+def test_a_scrape_serves_the_fellow_workers_metrics_and_leaves_out_a_dead_ones(tmp_path, monkeypatch) -> None:
+    # With workers > 1 a scrape reaches one of them: it must not show that one alone.
+    edges = [create_edge(EdgeSettings(origin="http://127.0.0.1:9", id=f"eu-1.{n}", access_log=False,
+                                      worker_metrics_dir=str(tmp_path))) for n in range(3)]
+    edges[1].count("hit", 5)
+    edges[2].count("hit", 7)
+    for edge in edges[1:]:
+        edge.metrics.snapshots.write(edge.metrics.render_own())
+    dead = tmp_path / "eu-1.2.prom"
+    os.utime(dead, (time.time() - 60, time.time() - 60))  # not renewed for a minute: its worker died
+    text = edges[0].metrics.render().decode()
+    samples = {(s.name, s.labels.get("edge"), s.labels.get("cache")): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("cdn_edge_requests_total", "eu-1.1", "hit")] == 5
+    assert ("cdn_edge_requests_total", "eu-1.0", "hit") in samples
+    assert not any(edge == "eu-1.2" for _, edge, _ in samples)
+    assert text.count("# TYPE cdn_edge_requests_total counter") == 1
+    assert text.count("# TYPE cdn_edge_gc_pause_seconds histogram") == 1
+
+
+def test_a_worker_leaves_its_metrics_while_it_runs_and_takes_them_away_when_it_stops(tmp_path) -> None:
+    edge = create_edge(EdgeSettings(origin="http://127.0.0.1:9", id="eu-1.0", access_log=False,
+                                    worker_metrics_dir=str(tmp_path)))
+    with ThreadServer(edge):
+        eventually(lambda: (tmp_path / "eu-1.0.prom").exists())
+        assert "cdn_edge_requests_total" in (tmp_path / "eu-1.0.prom").read_text()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_edge_stops_watching_garbage_collections_when_it_stops() -> None:

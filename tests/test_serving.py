@@ -59,6 +59,13 @@ def test_each_edge_worker_is_an_edge_of_its_own_and_applies_every_purge(fleet: F
         assert ids == {"eu-1.0", "eu-1.1"}
         seen = {served_by(url, "/page")[1] for _ in range(20)}
         assert seen <= {"eu-1.0", "eu-1.1"}
+
+        def scrape_shows_both() -> bool:  # a new connection each: whichever worker takes it
+            text = httpx.get(url + "/_edge/metrics", timeout=10).text
+            return all(f'cdn_edge_store_objects{{edge="{worker}"' in text for worker in ("eu-1.0", "eu-1.1"))
+
+        wait_until(scrape_shows_both, what="both workers' metrics in a scrape")
+        assert all(scrape_shows_both() for _ in range(6))
         answer = fleet.purge({"kind": "tag", "values": ["page"]}).json()
         assert answer["complete"] is True, answer
         assert set(answer["applied"]) == {"eu-1.0", "eu-1.1"}
