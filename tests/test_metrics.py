@@ -177,6 +177,9 @@ def test_a_scrape_serves_the_fellow_workers_metrics_and_leaves_out_a_dead_ones(t
     dead = tmp_path / "eu-1.2.prom"
     os.utime(dead, (time.time() - 60, time.time() - 60))  # not renewed for a minute: its worker died
     text = edges[0].metrics.render().decode()
+    every = [(s.name, sorted(s.labels.items())) for family in text_string_to_metric_families(text) for s in family.samples]
+    assert all("edge" in dict(labels) for _, labels in every)  # each worker's series its own: none twice
+    assert len({(name, tuple(labels)) for name, labels in every}) == len(every)
     samples = {(s.name, s.labels.get("edge"), s.labels.get("cache")): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("cdn_edge_requests_total", "eu-1.1", "hit")] == 5
