@@ -119,8 +119,8 @@ def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any 
         return 0
 
     shared = None
-    if service == "edge" and not settings.worker_metrics_dir:  # a scrape of any worker serves every one's
-        shared = tempfile.mkdtemp(prefix="cdn-edge-workers-")
+    if "worker_metrics_dir" in type(settings).model_fields and not settings.worker_metrics_dir:  # see cdn.worker_metrics
+        shared = tempfile.mkdtemp(prefix=f"cdn-{service}-workers-")
         settings = settings.model_copy(update={"worker_metrics_dir": shared})
 
     def run_worker(number: int, sock: Any) -> None:

@@ -37,7 +37,7 @@ from edge.headers import (
     split_list,
     surrogate_keys,
 )
-from edge.metrics import SNAPSHOT_EVERY, EdgeMetrics, TimedAcks, WorkerSnapshots
+from edge.metrics import EdgeMetrics, TimedAcks
 from edge.origin import BODY_ERRORS, OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
@@ -303,21 +303,8 @@ class Edge:
                                           stats=self.registry_stats, count=self.count, fence_ttl=s.fence_ttl)
             self.listener.start()
         if self.metrics.snapshots is not None and self._snapshots is None:
-            self._snapshots = asyncio.create_task(self.snapshot_forever(self.metrics.snapshots))
+            self._snapshots = asyncio.create_task(self.metrics.snapshots.leave_forever(self.metrics.render_own))
         self.metrics.gc_pauses.watch()
-
-    async def snapshot_forever(self, snapshots: WorkerSnapshots) -> None:
-        """Leave this worker's metrics for its fellow workers to serve (`WorkerSnapshots`)."""
-        failing = False
-        while True:
-            try:
-                snapshots.write(self.metrics.render_own())
-                failing = False
-            except OSError as exc:
-                if not failing:  # said once a spell, not each second
-                    log.warning("cannot leave this worker's metrics in %s: %s", snapshots.folder, exc)
-                failing = True
-            await asyncio.sleep(SNAPSHOT_EVERY)
 
     async def sweep_forever(self) -> None:
         """Delete what tag purges removed, a few hundred entries at a time, between requests."""

@@ -16,16 +16,15 @@ import gc
 import itertools
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from balancer import OriginPool
 from cdn.access_log import dropped_lines
+from cdn.worker_metrics import WorkerSnapshots, scrape
 from purge_api.log import Ack, Purge, PurgeLog
 
 if TYPE_CHECKING:
@@ -50,8 +49,6 @@ STALE_REASONS = {"max_stale": "max-stale", "while_revalidate": "stale-while-reva
                  "grace": "stale-grace", "origin_budget": "origin-budget"}
 UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PURGE_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-SNAPSHOT_EVERY = 1.0  # seconds between a worker's snapshots of its metrics (`workers` > 1)
-SNAPSHOT_STALE = 5.0  # a snapshot not renewed for this long is a dead worker's: not served
 GC_PAUSE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -80,69 +77,11 @@ class EdgeMetrics:
         (self._from_parent if served_by in self._parents else self._from_origin).observe(seconds)
 
     def render(self) -> bytes:
-        """Every metric in the Prometheus text format: this edge's, and its fellow workers' (`WorkerSnapshots`)."""
-        own = self.render_own()
-        if self.snapshots is None:
-            return own
-        return merged([own.decode(), *self.snapshots.others()])
+        """Every metric in the Prometheus text format: this edge's, and its fellow workers' (`cdn.worker_metrics`)."""
+        return scrape(self.render_own(), self.snapshots)
 
     def render_own(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class WorkerSnapshots:
-    """With `workers` > 1 each worker is an edge of its own, and a scrape reaches one of them. So each leaves
-    its metrics in a folder the workers share every SNAPSHOT_EVERY seconds, and the one scraped serves its
-    own, live, with the others' latest: a snapshot not renewed for SNAPSHOT_STALE seconds is a dead
-    worker's (its replacement has an id of its own) and is left out."""
-
-    def __init__(self, folder: str, edge_id: str) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / f"{edge_id}.prom"
-
-    def write(self, text: bytes) -> None:
-        """Replace this worker's snapshot at once: a reader sees the old one or the new one, whole."""
-        partial = self.path.with_suffix(".partial")
-        partial.write_bytes(text)
-        partial.replace(self.path)
-
-    def others(self) -> list[str]:
-        now = time.time()
-        texts = []
-        for path in self.folder.glob("*.prom"):
-            if path == self.path:
-                continue
-            try:
-                if now - path.stat().st_mtime <= SNAPSHOT_STALE:
-                    texts.append(path.read_text())
-            except OSError:  # replaced or removed since it was listed
-                continue
-        return texts
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-class _Families(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.families)
-
-
-def merged(texts: list[str]) -> bytes:
-    """Prometheus texts whose families hold other label values (another worker's `edge`) as one text:
-    one HELP and TYPE a family, with every text's samples."""
-    families: dict[str, Metric] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            kept = families.setdefault(family.name, family)
-            if kept is not family:
-                kept.samples.extend(family.samples)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families.values())))
-    return generate_latest(registry)
 
 
 class GcPauses(Collector):

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import string
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from cdn.worker_metrics import WorkerSnapshots
 from purge_api.log import EdgeInfo, LogUnavailable, NotReplicated, Purge, PurgeLog, new_purge_id, open_log
 from purge_api.metrics import CountResponses, PurgeApiMetrics
 from purge_api.settings import PurgeApiSettings
@@ -134,7 +136,8 @@ class PurgeService:
         self.owns_log = purge_log is None
         self.repurges: dict[str, tuple[str, float]] = {}  # first purge id -> its delayed repeat's id, due time
         self._tasks: set[asyncio.Task[None]] = set()
-        self.metrics = PurgeApiMetrics()
+        folder = settings.worker_metrics_dir  # with workers: each worker's snapshot, named after its process
+        self.metrics = PurgeApiMetrics(WorkerSnapshots(folder, f"purge-api-{os.getpid()}") if folder else None)
 
     def authorise(self, request: Request, write: bool) -> JSONResponse | None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -363,7 +366,12 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        snapshots = service.metrics.snapshots
+        leaving = asyncio.create_task(snapshots.leave_forever(service.metrics.render_own)) if snapshots else None
         yield
+        if leaving is not None and snapshots is not None:
+            leaving.cancel()
+            snapshots.remove()
         await service.close()
 
     app = Starlette(lifespan=lifespan, routes=[

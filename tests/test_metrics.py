@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from balancer.router import create_app as create_router
 from balancer.router_settings import RouterSettings
 from cdn.access_log import ACCESS_LOGGER, StdoutLines
+from cdn.worker_metrics import merged
 from edge.app import Edge, create_app as create_edge
 from edge.metrics import GcPauses
 from edge.settings import EdgeSettings
@@ -25,6 +26,7 @@ from origin_mock.app import create_app as create_origin
 from origin_mock.settings import OriginSettings
 from purge_api.app import create_app as create_purge_api
 from purge_api.log import MemoryPurgeLog
+from purge_api.metrics import PurgeApiMetrics
 from purge_api.settings import PurgeApiSettings
 from tests.scripted_origin import Answer, ScriptedOrigin
 from tests.servers import ThreadServer, free_port
@@ -187,6 +189,27 @@ def test_a_scrape_serves_the_fellow_workers_metrics_and_leaves_out_a_dead_ones(t
     assert not any(edge == "eu-1.2" for _, edge, _ in samples)
     assert text.count("# TYPE cdn_edge_requests_total counter") == 1
     assert text.count("# TYPE cdn_edge_gc_pause_seconds histogram") == 1
+
+
+def test_series_the_workers_share_are_added_up_and_created_is_the_earliest() -> None:
+    # The purge API's workers count the same series: a scrape shows the service's totals.
+    first, second = PurgeApiMetrics(), PurgeApiMetrics()
+    first.logged.labels("tag", "false").inc(2)
+    second.logged.labels("tag", "false").inc(3)
+    second.waits.labels("complete").observe(0.2)
+
+    def series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    own = series(first.render_own().decode())
+    text = merged([first.render_own().decode(), second.render_own().decode()]).decode()
+    both = series(text)
+    tag = (("kind", "tag"), ("soft", "false"))
+    assert both[("cdn_purge_api_purges_logged_total", tag)] == 5
+    assert both[("cdn_purge_api_purges_logged_created", tag)] == own[("cdn_purge_api_purges_logged_created", tag)]
+    assert both[("cdn_purge_api_wait_seconds_count", (("outcome", "complete"),))] == 1
+    assert text.count("# TYPE cdn_purge_api_purges_logged_total counter") == 1
 
 
 def test_a_worker_leaves_its_metrics_while_it_runs_and_takes_them_away_when_it_stops(tmp_path) -> None:

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cdn.cli import main
 from tests.scripted_origin import Answer
 from tests.servers import cdn_process, cdn_service, free_port, wait_for_port
-from tests.test_purge import AUTH, HOST, Fleet, start_fleet
+from tests.test_purge import AUTH, HOST, TOKEN, Fleet, start_fleet
 
 CACHEABLE = [("Cache-Control", "max-age=600"), ("Surrogate-Key", "page")]
 
@@ -73,6 +74,22 @@ def test_each_edge_worker_is_an_edge_of_its_own_and_applies_every_purge(fleet: F
         with httpx.Client(timeout=10) as client:
             for _ in range(10):  # whichever worker answers, the purge reached it
                 assert client.get(url + "/page", headers={"Host": HOST, "Connection": "close"}).content == b"v2"
+
+
+def test_the_purge_apis_metrics_count_the_whole_service_whichever_worker_is_scraped(fleet: Fleet) -> None:
+    with cdn_process("purge-api", "--redis", fleet.redis.url, "--token", TOKEN, "--workers", "2",
+                     "--redis-prefix", "workers:") as url:
+        for n in range(8):  # a new connection each: both workers take some
+            answer = httpx.post(url + "/purges", json={"kind": "tag", "values": [f"t{n}"]}, headers=AUTH, timeout=10)
+            assert answer.status_code in (200, 202), answer.text
+
+        def logged() -> float:
+            text = httpx.get(url + "/metrics", timeout=10).text
+            return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                       if s.name == "cdn_purge_api_purges_logged_total")
+
+        wait_until(lambda: logged() == 8, what="every worker's purges in a scrape")
+        assert [logged() for _ in range(6)] == [8] * 6
 
 
 def test_a_worker_that_dies_is_started_again_and_sigterm_stops_them_all(fleet: Fleet) -> None:
