@@ -11,6 +11,7 @@ import argparse
 import gc
 import importlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cdn import serving
+from cdn import serving, worker_metrics
 from cdn.config import ServiceSettings, SettingsError, env_prefix, load_settings
 
 # subcommand -> (settings class, app factory), imported only when used.
@@ -76,7 +77,7 @@ def settings_from_args(cls: type[ServiceSettings], args: argparse.Namespace) -> 
 
 # Per-worker settings: each edge worker is an edge of its own in the registry, so purges wait for all of them.
 WORKER_SETTINGS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
-    "edge": lambda settings, number: {"id": f"{settings.id}.{number}"},  # `serve` adds a folder for their metrics
+    "edge": lambda settings, number: {"id": f"{settings.id}.{number}"},
 }
 
 
@@ -118,22 +119,20 @@ def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any 
         uvicorn.run(app, host=settings.host, port=settings.port, **options)
         return 0
 
-    shared = None
-    if "worker_metrics_dir" in type(settings).model_fields and not settings.worker_metrics_dir:  # see cdn.worker_metrics
-        shared = tempfile.mkdtemp(prefix=f"cdn-{service}-workers-")
-        settings = settings.model_copy(update={"worker_metrics_dir": shared})
+    sock = serving.bind(settings.host, settings.port)
+    shared = tempfile.mkdtemp(prefix=f"cdn-{service}-workers-{os.getpid()}-")  # see cdn.worker_metrics
 
     def run_worker(number: int, sock: Any) -> None:
+        worker_metrics.become_worker(shared, number)
         changes = WORKER_SETTINGS.get(service, lambda *_: {})(settings, number)
         app = make_app(settings.model_copy(update=changes))
         freeze_start_up()
         uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
 
     try:
-        return serving.supervise(run_worker, settings.workers, serving.bind(settings.host, settings.port))
+        return serving.supervise(run_worker, settings.workers, sock)
     finally:
-        if shared is not None:
-            shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

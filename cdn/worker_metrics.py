@@ -1,11 +1,14 @@
 """Metrics of a service run in several worker processes (`workers` > 1), served whole by whichever worker a scrape reaches.
 
-Each worker leaves a snapshot of its own metrics in a folder the supervisor
-makes (`worker_metrics_dir`) every SNAPSHOT_EVERY seconds; the worker scraped
-serves its own, live, merged with the others' latest. A snapshot not renewed
-for SNAPSHOT_STALE seconds is a dead worker's and is left out. An edge worker's
-series carry its own `edge` label; series the workers share (the purge API's)
-are added up, so a counter counts the whole service.
+The supervisor makes a folder and tells each worker, in its own process, which
+worker it is (`become_worker`) before the worker builds its app. Each worker
+leaves a snapshot of its own metrics there every SNAPSHOT_EVERY seconds; the
+worker scraped serves its own, live, with the others' latest. A snapshot not
+renewed for SNAPSHOT_STALE seconds is a dead worker's and is left out. Every
+worker's series are its own, never added up: an edge worker's carry its own
+`edge` label, and the other services' a `worker` label (its number), so a
+worker that restarts resets only its own counters, which Prometheus's `rate()`
+handles, and the whole service is a `sum` in PromQL.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -28,8 +31,29 @@ SNAPSHOT_STALE = 5.0  # a snapshot not renewed for this long is a dead worker's:
 log = logging.getLogger("cdn.metrics")
 
 
+@dataclass(frozen=True)
+class Worker:
+    """This process, when it is one of a service's workers: the folder they share, and its number."""
+
+    folder: str
+    number: int
+
+
+_this_worker: Worker | None = None
+
+
+def become_worker(folder: str, number: int) -> None:
+    """Called by the supervisor in a worker's own process, before the worker builds its app."""
+    global _this_worker
+    _this_worker = Worker(folder, number)
+
+
+def this_worker() -> Worker | None:
+    return _this_worker
+
+
 class WorkerSnapshots:
-    """One worker's snapshot in the shared folder (`name`: the worker's, unique among them), and the others'."""
+    """One worker's snapshot in the shared folder (`name`: the worker's, the same after a restart), and the others'."""
 
     def __init__(self, folder: str, name: str) -> None:
         self.folder = Path(folder)
@@ -73,7 +97,7 @@ class WorkerSnapshots:
 
 
 def scrape(own: bytes, snapshots: WorkerSnapshots | None) -> bytes:
-    """A worker's `own` metrics, merged with its fellow workers' when it has any."""
+    """A worker's `own` metrics, with its fellow workers' when it has any."""
     return own if snapshots is None else merged([own.decode(), *snapshots.others()])
 
 
@@ -85,24 +109,32 @@ class _Families(Collector):
         return iter(self.families)
 
 
+def _rendered(families: list[Metric]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
 def merged(texts: list[str]) -> bytes:
-    """Prometheus texts as one: one HELP and TYPE a family, every text's series, and a series several texts
-    hold added up (a `_created` one: the earliest)."""
+    """Prometheus texts whose series differ by worker as one text: one HELP and TYPE a family. A series two
+    texts hold (none should) is the first text's."""
     families: dict[str, Metric] = {}
-    series: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     for text in texts:
         for family in text_string_to_metric_families(text):
-            families.setdefault(family.name, family)
-            kept = series.setdefault(family.name, {})
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                seen = kept.get(key)
-                if seen is not None:
-                    total = min(seen.value, sample.value) if sample.name.endswith("_created") else seen.value + sample.value
-                    sample = seen._replace(value=total)
-                kept[key] = sample
-    for name, family in families.items():
-        family.samples = list(series[name].values())
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families.values())))
-    return generate_latest(registry)
+            kept = families.setdefault(family.name, family)
+            samples = [s for s in family.samples if (s.name, tuple(sorted(s.labels.items()))) not in seen]
+            seen.update((s.name, tuple(sorted(s.labels.items()))) for s in samples)
+            if kept is family:
+                family.samples = samples
+            else:
+                kept.samples.extend(samples)
+    return _rendered(list(families.values()))
+
+
+def labelled(text: bytes, name: str, value: str) -> bytes:
+    """`text` with the label `name`=`value` on every series (a worker's number on a service's own metrics)."""
+    families = list(text_string_to_metric_families(text.decode()))
+    for family in families:
+        family.samples = [s._replace(labels={**s.labels, name: value}) for s in family.samples]
+    return _rendered(families)

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from balancer import OriginPool
 from cdn.access_log import dropped_lines
-from cdn.worker_metrics import WorkerSnapshots, scrape
+from cdn.worker_metrics import WorkerSnapshots, scrape, this_worker
 from purge_api.log import Ack, Purge, PurgeLog
 
 if TYPE_CHECKING:
@@ -69,8 +69,8 @@ class EdgeMetrics:
         self.gc_pauses = GcPauses(labels)
         self.registry.register(self.gc_pauses)
         self.registry.register(EdgeCollector(edge))
-        folder = edge.settings.worker_metrics_dir
-        self.snapshots = WorkerSnapshots(folder, edge.id) if folder else None
+        worker = this_worker()  # one of several worker processes: their metrics are served together
+        self.snapshots = WorkerSnapshots(worker.folder, edge.id) if worker else None
 
     def upstream_answered(self, served_by: str, seconds: float) -> None:
         """Observe the time to response headers of a request to `served_by` (a parent's or an origin's URL)."""
@@ -243,8 +243,9 @@ class EdgeCollector(Collector):
         yield from pool_families(edge, base)
         if edge.access_log is not None:
             dropped = CounterMetricFamily("cdn_access_log_dropped_total",
-                                          "Access log lines this process dropped because stdout could not keep up")
-            dropped.add_metric([], dropped_lines())
+                                          "Access log lines this process dropped because stdout could not keep up",
+                                          labels=LABELS)
+            dropped.add_metric(base, dropped_lines())
             yield dropped
         everything = CounterMetricFamily("cdn_edge_counters_total", "Every plain counter of the edge, by name (as in /_edge/stats)",
                                          labels=[*LABELS, "counter"])

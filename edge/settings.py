@@ -50,7 +50,6 @@ class EdgeSettings(ServerSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="server log level")
     access_log: bool = Field(True, description="one JSON line per request on stdout (logger cdn.access)")
     metrics: bool = Field(True, description="serve Prometheus metrics at GET /_edge/metrics, without a token")
-    worker_metrics_dir: str | None = Field(None, description="with workers > 1, set by the supervisor: the folder where each worker leaves its metrics, so a scrape of any serves all")
 
     @field_validator("origin")
     @classmethod

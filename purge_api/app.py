@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import os
 import string
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from cdn.worker_metrics import WorkerSnapshots
+from cdn.worker_metrics import this_worker
 from purge_api.log import EdgeInfo, LogUnavailable, NotReplicated, Purge, PurgeLog, new_purge_id, open_log
 from purge_api.metrics import CountResponses, PurgeApiMetrics
 from purge_api.settings import PurgeApiSettings
@@ -136,8 +135,7 @@ class PurgeService:
         self.owns_log = purge_log is None
         self.repurges: dict[str, tuple[str, float]] = {}  # first purge id -> its delayed repeat's id, due time
         self._tasks: set[asyncio.Task[None]] = set()
-        folder = settings.worker_metrics_dir  # with workers: each worker's snapshot, named after its process
-        self.metrics = PurgeApiMetrics(WorkerSnapshots(folder, f"purge-api-{os.getpid()}") if folder else None)
+        self.metrics = PurgeApiMetrics(this_worker())  # one of several worker processes: metrics served together
 
     def authorise(self, request: Request, write: bool) -> JSONResponse | None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -368,11 +366,13 @@ def create_app(settings: PurgeApiSettings | None = None, purge_log: PurgeLog | N
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         snapshots = service.metrics.snapshots
         leaving = asyncio.create_task(snapshots.leave_forever(service.metrics.render_own)) if snapshots else None
-        yield
-        if leaving is not None and snapshots is not None:
-            leaving.cancel()
-            snapshots.remove()
-        await service.close()
+        try:
+            yield
+        finally:
+            if leaving is not None and snapshots is not None:
+                leaving.cancel()
+                snapshots.remove()
+            await service.close()
 
     app = Starlette(lifespan=lifespan, routes=[
         Route("/purges", create, methods=["POST"]),

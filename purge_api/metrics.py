@@ -5,18 +5,19 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cdn.worker_metrics import WorkerSnapshots, scrape
+from cdn.worker_metrics import Worker, WorkerSnapshots, labelled, scrape
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class PurgeApiMetrics:
-    """Purges logged, status reads, waits for edges, and every answer by status; with `workers` > 1, the
-    whole service's, whichever worker is scraped (`snapshots`: see `cdn.worker_metrics`)."""
+    """Purges logged, status reads, waits for edges, and every answer by status. As one of several workers
+    (`worker`), every series also has a `worker` label, and a scrape shows every worker's (`cdn.worker_metrics`)."""
 
-    def __init__(self, snapshots: WorkerSnapshots | None = None) -> None:
-        self.snapshots = snapshots
+    def __init__(self, worker: Worker | None = None) -> None:
+        self.worker = worker
+        self.snapshots = WorkerSnapshots(worker.folder, f"purge-api-{worker.number}") if worker else None
         self.registry = CollectorRegistry()
         self.logged = Counter("cdn_purge_api_purges_logged_total", "Purges written to the purge log, by kind as requested",
                               ["kind", "soft"], registry=self.registry)
@@ -35,7 +36,8 @@ class PurgeApiMetrics:
         return scrape(self.render_own(), self.snapshots)
 
     def render_own(self) -> bytes:
-        return generate_latest(self.registry)
+        own = generate_latest(self.registry)
+        return own if self.worker is None else labelled(own, "worker", str(self.worker.number))
 
 
 class CountResponses:

@@ -38,7 +38,6 @@ class PurgeApiSettings(ServerSettings):
     status_ttl: int = Field(3600, gt=0, description="seconds a purge's acknowledgements and id index are kept (beyond that: 404)")
     replicas: int = Field(0, ge=0, description="Redis replicas that must hold a purge before it is acknowledged (WAIT; 0: the master alone)")
     replica_timeout: float = Field(0.5, gt=0, description="seconds to wait for `replicas` to confirm a purge (then 503: retry with the same Idempotency-Key)")
-    worker_metrics_dir: str | None = Field(None, description="with workers > 1, set by the supervisor: the folder where each worker leaves its metrics, so a scrape of any serves the whole service's")
     idempotency_ttl: int = Field(86400, gt=0, description="seconds an Idempotency-Key is remembered")
     repurge_delay: float = Field(0.0, ge=0, description="repeat every purge after this many seconds (0: off), for origins with lagging replicas")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="server log level")

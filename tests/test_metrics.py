@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from balancer.router import create_app as create_router
 from balancer.router_settings import RouterSettings
 from cdn.access_log import ACCESS_LOGGER, StdoutLines
-from cdn.worker_metrics import merged
+from cdn import worker_metrics
 from edge.app import Edge, create_app as create_edge
 from edge.metrics import GcPauses
 from edge.settings import EdgeSettings
@@ -168,10 +169,26 @@ def test_a_gc_pause_goes_to_its_bucket_and_a_stop_seen_without_its_start_is_not_
     assert samples[("cdn_edge_gc_pause_seconds_count", "2", None)] == 0
 
 
-def test_a_scrape_serves_the_fellow_workers_metrics_and_leaves_out_a_dead_ones(tmp_path, monkeypatch) -> None:
+def as_worker(monkeypatch: pytest.MonkeyPatch, folder: Path, number: int) -> None:
+    """What the supervisor tells a worker's process: which worker it is, and the folder they share."""
+    monkeypatch.setattr(worker_metrics, "_this_worker", worker_metrics.Worker(str(folder), number))
+
+
+def series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(name, sorted labels) -> value of every sample in a Prometheus text; each must be there once."""
+    samples = [((s.name, tuple(sorted(s.labels.items()))), s.value)
+               for family in text_string_to_metric_families(text) for s in family.samples]
+    assert len(dict(samples)) == len(samples), "a series twice"
+    return dict(samples)
+
+
+def test_a_scrape_serves_the_fellow_workers_metrics_and_leaves_out_a_dead_ones(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # With workers > 1 a scrape reaches one of them: it must not show that one alone.
-    edges = [create_edge(EdgeSettings(origin="http://127.0.0.1:9", id=f"eu-1.{n}", access_log=False,
-                                      worker_metrics_dir=str(tmp_path))) for n in range(3)]
+    edges = []
+    for number in range(3):
+        as_worker(monkeypatch, tmp_path, number)
+        edges.append(create_edge(EdgeSettings(origin="http://127.0.0.1:9", id=f"eu-1.{number}")))
     edges[1].count("hit", 5)
     edges[2].count("hit", 7)
     for edge in edges[1:]:
@@ -179,42 +196,40 @@ def test_a_scrape_serves_the_fellow_workers_metrics_and_leaves_out_a_dead_ones(t
     dead = tmp_path / "eu-1.2.prom"
     os.utime(dead, (time.time() - 60, time.time() - 60))  # not renewed for a minute: its worker died
     text = edges[0].metrics.render().decode()
-    every = [(s.name, sorted(s.labels.items())) for family in text_string_to_metric_families(text) for s in family.samples]
-    assert all("edge" in dict(labels) for _, labels in every)  # each worker's series its own: none twice
-    assert len({(name, tuple(labels)) for name, labels in every}) == len(every)
-    samples = {(s.name, s.labels.get("edge"), s.labels.get("cache")): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
-    assert samples[("cdn_edge_requests_total", "eu-1.1", "hit")] == 5
-    assert ("cdn_edge_requests_total", "eu-1.0", "hit") in samples
-    assert not any(edge == "eu-1.2" for _, edge, _ in samples)
+    scraped = series(text)
+    assert all("edge" in dict(labels) for _, labels in scraped)  # each worker's series are its own
+    hits = {dict(labels)["edge"]: value for (name, labels), value in scraped.items()
+            if name == "cdn_edge_requests_total" and ("cache", "hit") in labels}
+    assert hits == {"eu-1.0": 0, "eu-1.1": 5}  # the dead worker's left out
+    assert {dict(labels)["edge"] for name, labels in scraped if name == "cdn_access_log_dropped_total"} == {
+        "eu-1.0", "eu-1.1"}
     assert text.count("# TYPE cdn_edge_requests_total counter") == 1
     assert text.count("# TYPE cdn_edge_gc_pause_seconds histogram") == 1
 
 
-def test_series_the_workers_share_are_added_up_and_created_is_the_earliest() -> None:
-    # The purge API's workers count the same series: a scrape shows the service's totals.
-    first, second = PurgeApiMetrics(), PurgeApiMetrics()
+def test_purge_api_workers_series_carry_their_worker_and_are_never_added_up(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker that restarts must reset its own counters only: a sum that fell would read as a reset of all.
+    first, second = PurgeApiMetrics(worker_metrics.Worker(str(tmp_path), 0)), PurgeApiMetrics(
+        worker_metrics.Worker(str(tmp_path), 1))
     first.logged.labels("tag", "false").inc(2)
     second.logged.labels("tag", "false").inc(3)
-    second.waits.labels("complete").observe(0.2)
-
-    def series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-    own = series(first.render_own().decode())
-    text = merged([first.render_own().decode(), second.render_own().decode()]).decode()
-    both = series(text)
-    tag = (("kind", "tag"), ("soft", "false"))
-    assert both[("cdn_purge_api_purges_logged_total", tag)] == 5
-    assert both[("cdn_purge_api_purges_logged_created", tag)] == own[("cdn_purge_api_purges_logged_created", tag)]
-    assert both[("cdn_purge_api_wait_seconds_count", (("outcome", "complete"),))] == 1
+    second.snapshots.write(second.render_own())
+    text = first.render().decode()
+    scraped = series(text)
+    assert all("worker" in dict(labels) for _, labels in scraped)
+    logged = {dict(labels)["worker"]: value for (name, labels), value in scraped.items()
+              if name == "cdn_purge_api_purges_logged_total"}
+    assert logged == {"0": 2, "1": 3}
     assert text.count("# TYPE cdn_purge_api_purges_logged_total counter") == 1
+    assert series(PurgeApiMetrics().render().decode())  # one process: no worker label, as before
+    assert not any("worker" in dict(labels) for _, labels in series(PurgeApiMetrics().render().decode()))
 
 
-def test_a_worker_leaves_its_metrics_while_it_runs_and_takes_them_away_when_it_stops(tmp_path) -> None:
-    edge = create_edge(EdgeSettings(origin="http://127.0.0.1:9", id="eu-1.0", access_log=False,
-                                    worker_metrics_dir=str(tmp_path)))
+def test_a_worker_leaves_its_metrics_while_it_runs_and_takes_them_away_when_it_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    as_worker(monkeypatch, tmp_path, 0)
+    edge = create_edge(EdgeSettings(origin="http://127.0.0.1:9", id="eu-1.0", access_log=False))
     with ThreadServer(edge):
         eventually(lambda: (tmp_path / "eu-1.0.prom").exists())
         assert "cdn_edge_requests_total" in (tmp_path / "eu-1.0.prom").read_text()
