@@ -55,7 +55,7 @@ from benchmarks.processes import (  # noqa: E402
     wait_until_listening,
 )
 from edge.purge_listener import apply_purge  # noqa: E402
-from edge.store import Entry, Store  # noqa: E402
+from edge.store import Entry, Store, TaggedEntry  # noqa: E402
 from purge_api.log import Purge, after  # noqa: E402
 
 TOKEN = "bench-token"
@@ -72,7 +72,7 @@ BODY_SIZE = 100
 HEADER_BYTES = 200  # what the store is told the stored headers weigh; no header objects are built here
 
 
-class BenchEntry(Entry):
+class BenchEntry(TaggedEntry):
     """An entry the store charges HEADER_BYTES of header fields for, without keeping any."""
 
     __slots__ = ()
@@ -501,9 +501,9 @@ def make_entries(count: int, tagged: bool) -> list[Entry]:
         url = f"shop.example/api/products/{i}"
         body = f"product {i} ".encode().ljust(BODY_SIZE, b".")
         if tagged:
-            entries.append(BenchEntry(key=url, url=url, body=body, tags=("products", f"product-{i}")))
+            entries.append(BenchEntry(key=url, body=body, tags=("products", f"product-{i}")))
         else:  # the field's shared default: no tags of its own
-            entries.append(BenchEntry(key=url, url=url, body=body))
+            entries.append(BenchEntry(key=url, body=body))
     return entries
 
 
@@ -564,9 +564,9 @@ def measure_apply(rounds: int) -> dict[str, list[float]]:
 class Memory:
     """Bytes per object, from tracemalloc."""
 
-    entries_plain: float  # Entry objects with key, url and body, no tags
-    entry_tags: float  # what the two tags add to each Entry (a tuple, as the edge keeps them; the unique tag)
-    store_plain: float  # the store's bookkeeping (LRU, URL index) for untagged entries
+    entries_plain: float  # Entry objects with key and body, no tags
+    entry_tags: float  # what the two tags add to each Entry (a tuple and the unique tag; the edge's read theirs from their fields)
+    store_plain: float  # the store's bookkeeping (the dict of entries, URL index) for untagged entries
     store_tagged: float  # the same for entries with two tags each
 
     @property
@@ -716,7 +716,7 @@ def report_memory(memory: Memory) -> None:
     print(f"\n4. Tag index memory: {OBJECTS:,} entries with 2 tags each (`products` + a unique one), tracemalloc, "
           f"bytes per object")
     rows = [
-        ("store bookkeeping, untagged entries (LRU, URL index)", f"{memory.store_plain:.0f}", "baseline"),
+        ("store bookkeeping, untagged entries (the dict of entries)", f"{memory.store_plain:.0f}", "baseline"),
         ("store bookkeeping, entries with 2 tags", f"{memory.store_tagged:.0f}",
          f"{memory.store_tagged / memory.store_plain:.2f}"),
         ("the tag index alone (the difference)", f"{memory.tag_index:.0f}",
@@ -729,7 +729,7 @@ def report_memory(memory: Memory) -> None:
     real = memory.entries_plain - not_the_entry + memory.entry_tags + memory.store_tagged
     number = OBJECTS // 2
     url = f"shop.example/api/products/{number}"  # as make_entries names it
-    charged = BenchEntry(key=url, url=url, body=b"", tags=("products", f"product-{number}")).size - HEADER_BYTES
+    charged = BenchEntry(key=url, body=b"", tags=("products", f"product-{number}")).size - HEADER_BYTES
     print(f"  everything per entry but the body (Entry, key, tags, LRU, indexes): {real:.0f} B; the store charges "
           f"ENTRY_OVERHEAD + the key's length + TAG_OVERHEAD and length per tag = {charged} B for it "
           f"({real / charged:.2f}x what it charges)")

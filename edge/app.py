@@ -28,6 +28,7 @@ from cdn.asgi import run_lifespan
 from cdn.http_server import CHECKED_FIELDS, fields_checked
 from edge import policy as rfc
 from edge.headers import (
+    NO_TAGS,
     Directives,
     Headers,
     format_http_date,
@@ -42,7 +43,7 @@ from edge.origin import BODY_ERRORS, OriginError, OriginResponse
 from edge.purge_listener import PurgeListener
 from edge.settings import EdgeSettings
 from edge.shield import Decision, Shield
-from edge.store import Entry, Store, stored_fields_size
+from edge.store import VARIANT, Entry, Store, stored_fields_size, variant_key
 from edge.upstream import Upstream
 from edge.uri import normalise_path
 from purge_api.log import EdgeInfo, PurgeLog, open_log
@@ -118,6 +119,8 @@ def request_target(scope: Scope) -> tuple[str, str]:
     query = scope.get("query_string", b"")
     if query:
         target += "?" + query.decode("latin-1")
+    if "\0" in target:
+        raise BadRequest("request target holds a NUL")  # none reaches a cache key (see edge.store.VARIANT)
     return target, decoded
 
 
@@ -163,46 +166,77 @@ class ClientRequest:
 
 @dataclass(slots=True, eq=False, kw_only=True)
 class Stored(Entry, rfc.FreshnessRules):
-    """A stored response as the request path keeps it: the store's Entry (key, URL, body, tags), with the
-    response's freshness, status, Vary and fields in the same object.
+    """A stored response as the request path keeps it: the store's Entry (key, body), with the
+    response's freshness, status and fields in the same object. What its Vary selects is in its key.
 
-    The stored fields are held once, in one bytes object (b"name\0value\0name\0value"): first the
-    `delivered` ones a hit sends (`wire` reads them as pairs), then the few it does not (targeted and
-    tag fields). `headers` reads them all as text for the rest of the request path.
+    The stored fields are held once, in one bytes object (`field_block`): first the ones a hit sends
+    (`wire` reads them as pairs), then the few it does not (targeted and tag fields). `headers` reads
+    them all as text for the rest of the request path, and `tags` its surrogate keys: kept nowhere
+    else, they cost no tuple of their own (the store's tag index holds each tag's string once).
     """
 
     status: int
-    vary: tuple[tuple[str, str | None], ...]  # selecting field -> the normalised value it was stored for
     fields: bytes  # a `field_block`: no Age or Content-Length
-    delivered: int  # how many of its fields a hit sends
 
     def fields_size(self) -> int:
         return stored_fields_size(self.fields)
 
     @property
     def wire(self) -> list[tuple[bytes, bytes]]:
-        """The delivered fields as (name, value) pairs, read on each call."""
-        pairs = field_pairs(self.fields)
-        return pairs if len(pairs) == self.delivered else pairs[:self.delivered]
+        """The fields a hit sends, as (name, value) pairs, read on each call."""
+        return delivered_and_held(self.fields)[0]
 
     @property
     def headers(self) -> Headers:
         """The stored response's end-to-end fields (but Age and Content-Length), built on each call."""
-        pairs = field_pairs(self.fields)
-        return Headers.from_stored(pairs[:self.delivered], pairs[self.delivered:])
+        return Headers.from_stored(*delivered_and_held(self.fields))
+
+    @property
+    def vary(self) -> tuple[tuple[str, str | None], ...]:
+        """Each field its Vary names -> the normalised value it was stored for (None: absent), from its key."""
+        parts = self.key.split(VARIANT)[1:]
+        return tuple((name, value if eq else None) for name, eq, value in (p.partition("=") for p in parts))
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """Its surrogate keys (`Surrogate-Key`, `Cache-Tag`), read from its fields on each call."""
+        block = self.fields
+        if b"surrogate-key\0" not in block and b"cache-tag\0" not in block:
+            return NO_TAGS  # no such field (a name ending so is read in full, and yields none)
+        lines: dict[bytes, list[str]] = {b"surrogate-key": [], b"cache-tag": []}
+        for name, value in field_pairs(block):
+            if name in lines:
+                lines[name].append(value.decode("latin-1"))
+        return surrogate_keys(lines[b"surrogate-key"], lines[b"cache-tag"])
 
 
-def field_block(fields: list[tuple[bytes, bytes]]) -> bytes:
-    """`Stored.fields` for `fields`, whose names and values hold no NUL (HTTP's parsers refuse one)."""
+# Between the fields a hit sends and those it does not, in a `field_block`: no field has an empty name.
+HELD = (b"", b"")
+
+
+def field_block(delivered: list[tuple[bytes, bytes]], held: list[tuple[bytes, bytes]]) -> bytes:
+    """`Stored.fields`: b"name\0value\0name\0value", the fields a hit sends, then (after HELD) those it does
+    not. Their names and values hold no NUL (HTTP's parsers refuse one)."""
+    fields = [*delivered, HELD, *held] if held else delivered
     return b"\0".join([part for field in fields for part in field])
 
 
 def field_pairs(block: bytes) -> list[tuple[bytes, bytes]]:
-    """The (name, value) pairs of a `field_block`."""
+    """The (name, value) pairs of a `field_block`, HELD among them if it holds fields a hit does not send."""
     if not block:
         return []
     parts = iter(block.split(b"\0"))
     return list(zip(parts, parts))
+
+
+def delivered_and_held(block: bytes) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """The fields of a `field_block` a hit sends, and those it does not."""
+    pairs = field_pairs(block)
+    try:
+        cut = pairs.index(HELD)
+    except ValueError:
+        return pairs, []
+    return pairs[:cut], pairs[cut + 1:]
 
 
 class Cooked:
@@ -499,7 +533,7 @@ class Edge:
         age = entry.initial_age + (age if age > 0.0 else 0.0)
         ttl = entry.lifetime - age
         # rfc.reuse for a request without directives: FRESH exactly when this holds.
-        if ttl <= 0 or entry.vary or entry.no_cache or entry.soft_purged:
+        if ttl <= 0 or entry.no_cache or entry.soft_purged:  # stored under its URL: no Vary
             return None
         cooked = self._cooked.get(key)
         if cooked is None or cooked.source is not entry.fields or cooked.length != len(entry.body):
@@ -781,9 +815,12 @@ class Edge:
         stored = headers.remove(rfc.stored_fields_to_drop(headers, self.policy))
         if "date" not in stored:
             stored.items.append(("date", format_http_date(response_time)))  # RFC 9110 §6.6.1
-        names = parse_vary(stored.get_all("vary")) or ()
-        vary = tuple((n, normalise_selecting_value(n, request.headers.get_all(n))) for n in names)
-        tags = surrogate_keys(stored.get_all("surrogate-key"), stored.get_all("cache-tag"))
+        # A variant's key holds each field its Vary names as `name=value`, normalised (the bare name: absent).
+        selecting = []
+        for name in parse_vary(stored.get_all("vary")) or ():
+            value = normalise_selecting_value(name, request.headers.get_all(name))
+            selecting.append(name if value is None else f"{name}={value}")
+        key = variant_key(request.url, selecting)
         # Held as long as the entry, once, as bytes, the delivered fields first (see Stored).
         # Content-Length is the body's, and Age is worked out from the freshness: neither is kept.
         wire: list[tuple[bytes, bytes]] = []
@@ -791,10 +828,9 @@ class Edge:
         for k, v in stored.items:
             if k not in UNKEPT and "\0" not in v:
                 (held if k in self._strip else wire).append((k.encode("latin-1"), v.encode("latin-1")))
-        key = request.url if not vary else request.url + "\x00" + "\x00".join(f"{n}={v}" for n, v in vary)
-        return rfc.assess(status, stored, request_time, response_time, self.policy, Stored,
-                          key=key, url=request.url, body=body, tags=tuple(tags), status=status, vary=vary,
-                          fields=field_block(wire + held), delivered=len(wire))
+        return rfc.assess(status, stored, request_time, response_time, self.policy, Stored, key=key, body=body,
+                          status=status,
+                          fields=field_block(wire, held))
 
     def put(self, request: ClientRequest, entry: Stored, stale: Stored | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""

@@ -2,27 +2,27 @@
 
 The store knows keys, sizes, URLs and tags; what an entry means in HTTP is the
 request path's business. Every way an entry leaves (eviction, replacement,
-delete, purge) goes through `_unlink`, so the indexes stay exact.
+delete, purge) goes through `_remove`, so the indexes stay exact.
 """
 
 from __future__ import annotations
 
 import ctypes
-import math
 import sys
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from cachetools import Cache, LRUCache
 
 # What an entry costs in memory beyond its body, key text and fields, as measured through the edge's own
 # miss path (tests/test_store_memory.py keeps these at or above the real cost, memory_bench.py shows RSS):
 # per entry the Entry (the request path's Stored: freshness and fields in the same object), its key's
-# and body's object headers, the LRU's links and the URL index; per tag, its index entry and its share
-# of a tag's keys. Both allow for the indexes' dicts having just grown (a dict key costs 21 to 60 bytes).
-ENTRY_OVERHEAD = 540  # about 400 traced, 510 of RSS (the allocator's rounding), at 20,000 entries
-TAG_OVERHEAD = 140  # a tag only this entry carries: its string (49 + length), an index key, a tuple slot
+# and body's object headers, its two floats of its own (response time, initial age) and its key in the
+# store's dict; per tag, its string in the tag index (the first entry to carry a tag pays for it) and
+# its key in the tag's keys. Both allow for the dicts having just grown (a dict key costs 21 to 60 bytes)
+# and for the allocator's rounding.
+ENTRY_OVERHEAD = 420  # at 20,000 to 45,000 entries: 335 to 350 traced, 380 to 395 of RSS
+TAG_OVERHEAD = 120  # a tag only this entry carries: its string (49 + length) and two index keys' worth
 # Stored header fields are kept as one bytes object (BLOCK_OVERHEAD beyond its text and separators).
 BLOCK_OVERHEAD = 40
 
@@ -52,61 +52,118 @@ untrack = _untracker()
 RECENT_PURGES = 4096
 
 
+# A variant's key is its URL, a NUL, and what selects it (a URL holds no NUL: `edge.app.request_target`).
+VARIANT = "\0"
+
+
+def variant_key(url: str, selecting: Iterable[str]) -> str:
+    """The key of the variant of `url` that `selecting` (one string per Vary-selected field) chooses."""
+    return VARIANT.join((url, *selecting))
+
+
 @dataclass(slots=True, eq=False, kw_only=True)
 class Entry:
     """One stored response variant. The request path's subclass (`edge.app.Stored`) adds what it means
-    in HTTP: status, freshness, fields. One object per entry, not an entry and its metadata: each costs
-    its header and the garbage collector's. Its slots hold only strings, bytes, numbers and tuples of
-    them (the store takes it out of the cycle collector's sight: see `untrack`)."""
+    in HTTP: status, freshness, fields, and its tags, which it reads from its fields. One object per
+    entry, not an entry and its metadata: each costs its header and the garbage collector's. Its slots
+    hold only strings, bytes, numbers and tuples of them (the store takes it out of the cycle
+    collector's sight: see `untrack`)."""
 
-    key: str  # unique per variant
-    url: str  # the URL key all variants of a resource share
+    key: str  # unique per variant: its URL, or for a Vary-selected variant `variant_key(url, ...)`
     body: bytes
-    tags: Collection[str] = ()  # a tuple: a frozenset of two costs 216 bytes, a tuple 56
     soft_purged: bool = False
     serial: int = 0  # the store's purge serial when it was stored, or last looked at against tag purges
+    # Its neighbours in the store's LRU order, by key: a key is a string the store holds anyway, where
+    # a link to the entry itself would close a reference cycle the collector does not see.
+    older: str | None = None
+    newer: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL key all variants of a resource share (the key itself, for a URL with one)."""
+        return self.key.partition(VARIANT)[0]
+
+    @property
+    def tags(self) -> Collection[str]:
+        """Its surrogate keys (the subclasses that have some say)."""
+        return ()
 
     def fields_size(self) -> int:
         """Memory its header fields take (the subclass that keeps fields says)."""
         return 0
 
+    def charge(self, tags: Collection[str]) -> int:
+        """What the store charges for it, `tags` being its tags: worked out when asked, not kept (an int of
+        its own is 28 bytes). Nothing it is made of changes while it is stored."""
+        key = self.key
+        url = key.find(VARIANT)  # a variant's URL is held once more, in the store's index of variants
+        return (len(self.body) + len(key) + max(url, 0) + self.fields_size() + ENTRY_OVERHEAD
+                + sum(TAG_OVERHEAD + len(t) for t in tags))
+
     @property
     def size(self) -> int:
-        """What the store charges for it: worked out when asked, not kept (an int of its own is 28 bytes).
-        Nothing it is made of changes while it is stored."""
-        keys = len(self.key) if self.key is self.url else len(self.key) + len(self.url)
-        return (len(self.body) + keys + self.fields_size() + ENTRY_OVERHEAD
-                + sum(TAG_OVERHEAD + len(t) for t in self.tags))
+        return self.charge(self.tags)
 
 
-class _LRU(LRUCache):
-    """cachetools' LRU, for its order only: the store counts the bytes itself (cachetools would keep each
-    entry's size in a dict of its own, an entry and an int each) and evicts through `popitem`."""
+@dataclass(slots=True, eq=False, kw_only=True)
+class TaggedEntry(Entry):
+    """An entry that holds the tags it is given."""
 
-    def __init__(self) -> None:
-        super().__init__(math.inf)
+    tags: Collection[str] = ()
 
-    def peek(self, key: str) -> Entry | None:
-        """The entry without making it the most recently used."""
-        return Cache.__getitem__(self, key) if key in self else None
+
+def _members(index: dict[str, str | dict[str, None]], name: str) -> list[str]:
+    found = index.get(name)
+    if found is None:
+        return []
+    return [found] if isinstance(found, str) else list(found)
+
+
+def _add_member(index: dict[str, str | dict[str, None]], name: str, key: str) -> None:
+    found = index.get(name)
+    if found is None:
+        index[name] = key
+    elif isinstance(found, str):
+        index[name] = {found: None, key: None}
+    else:
+        found[key] = None
+
+
+def _remove_member(index: dict[str, str | dict[str, None]], name: str, key: str) -> bool:
+    """Take `key` out of `name`'s members; True when it was the last."""
+    found = index.get(name)
+    if isinstance(found, dict):
+        found.pop(key, None)
+        if len(found) == 1:
+            index[name] = next(iter(found))
+    elif found == key:
+        del index[name]
+        return True
+    return False
 
 
 class Store:
-    """Entries bounded by total bytes, with `url -> keys` and `tag -> keys` indexes."""
+    """Entries bounded by total bytes, least recently used out first, with `url -> keys` (of variants)
+    and `tag -> keys` indexes.
+
+    One dict holds the entries by key; their LRU order is a list linked through the entries (`older`,
+    `newer`). cachetools' LRUCache would keep a dict and an OrderedDict beside it: 87 to 141 bytes an
+    entry where this takes 37 to 59, and a hit moves an entry in a third of the time.
+    """
 
     def __init__(self, capacity: int, max_object_size: int) -> None:
         self.capacity = capacity
         self.max_object_size = min(max_object_size, capacity)
-        self._lru = _LRU()
-        self._bytes = 0  # the sizes of the entries in `_lru`
+        self._entries: dict[str, Entry] = {}
+        self._oldest: str | None = None  # the keys at the two ends of the LRU order
+        self._newest: str | None = None
+        self._bytes = 0  # the sizes of the entries in `_entries`
         # The indexes hold a lone member as itself, and a dict of them only from the second one on:
-        # most URLs have one variant and many tags one entry, and an empty dict costs 200 bytes. A tag's
-        # keys are a dict (key -> None), not a set: at 20,000 keys a set takes 105 bytes a key, a dict 21.
-        self._by_url: dict[str, Entry | dict[str, Entry]] = {}  # url -> its variant, or key -> variant
-        self._by_tag: dict[str, str | dict[str, None]] = {}  # tag -> the key of its entry, or the keys
-        # A tag several entries carry -> the one string they all hold, not a copy each from parsing
-        # (not sys.intern: early CPython 3.12 releases never free an interned string, python/cpython#113993).
-        self._tag_names: dict[str, str] = {}
+        # most tags have one entry, and an empty dict costs 200 bytes. A tag's keys are a dict (key ->
+        # None), not a set: at 20,000 keys a set takes 105 bytes a key, a dict 21. An entry whose key is
+        # its URL is found by that key: only a URL with Vary-selected variants is in `_variants`.
+        self._variants: dict[str, str | dict[str, None]] = {}  # url -> the keys of its variants
+        self._by_tag: dict[str, str | dict[str, None]] = {}  # tag -> the keys of its entries
         self.evictions = 0
         # Every purge gets a serial; a fetch notes the serial when it starts, and what it brings
         # back is not stored if a hard purge since then matches it (stored as already stale for
@@ -124,41 +181,38 @@ class Store:
         self._to_sweep: deque[str] = deque()
 
     # -- reading --------------------------------------------------------------
+    def peek(self, key: str) -> Entry | None:
+        """The entry stored under `key`, as purges left it or not, without touching LRU order."""
+        return self._entries.get(key)
+
+    def url_keys(self, url: str) -> list[str]:
+        """The keys of every stored variant of `url`."""
+        keys = _members(self._variants, url)
+        return [url, *keys] if url in self._entries else keys
+
     def variants(self, url: str) -> list[Entry]:
         """Every stored variant of `url` that purges left in place, without touching LRU order."""
-        found = self._by_url.get(url)
-        if found is None:
-            return []
-        entries = [found] if isinstance(found, Entry) else list(found.values())
+        entries = [self._entries[key] for key in self.url_keys(url)]
         if not self._tag_marks:
             return entries
         return [e for e in entries if self.current(e) is not None]
 
     def only_variant(self, url: str) -> Entry | None:
-        """The stored entry of `url` when it is the only variant purges left in place, else None."""
-        found = self._by_url.get(url)
-        if not isinstance(found, Entry):
+        """The entry stored under `url` itself (a response without Vary) when it is the URL's only variant,
+        as purges left it; else None."""
+        found = self._entries.get(url)
+        if found is None or url in self._variants:
             return None
         return found if found.serial >= self._last_mark else self.current(found)
 
-    def url_keys(self, url: str) -> list[str]:
-        """The keys of every stored variant of `url`."""
-        found = self._by_url.get(url)
-        if found is None:
-            return []
-        return [found.key] if isinstance(found, Entry) else list(found)
-
     def tag_keys(self, tag: str) -> list[str]:
         """The keys of every stored entry carrying `tag`, hard-purged ones not yet swept included."""
-        found = self._by_tag.get(tag)
-        if found is None:
-            return []
-        return [found] if isinstance(found, str) else list(found)
+        return _members(self._by_tag, tag)
 
     def current(self, entry: Entry) -> Entry | None:
         """`entry` as tag purges left it: None (and deleted) after a hard one, marked stale after a soft one.
         An entry looked at is not looked at again before the next tag purge (a hit after one pays once)."""
-        if entry.serial < self._last_mark and entry.tags:
+        if entry.serial < self._last_mark:
             for tag in entry.tags:
                 marks = self._tag_marks.get(tag)
                 if marks is not None:
@@ -171,15 +225,21 @@ class Store:
         return entry
 
     def touch(self, entry: Entry) -> None:
-        """Mark `entry`, a stored one, as just used (LRU)."""
-        self._lru[entry.key]  # LRUCache.__getitem__ moves it to the end
+        """Mark `entry` as just used (LRU), if it is still stored."""
+        if entry.newer is not None and self._entries.get(entry.key) is entry:  # stored, and not the newest
+            self._unlink_order(entry)
+            self._link_newest(entry)
 
     def get(self, key: str) -> Entry | None:
-        entry = self._lru.get(key)
-        return self.current(entry) if entry is not None else None
+        """The entry stored under `key` as purges left it, made the most recently used."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self.touch(entry)
+        return self.current(entry)
 
     def __len__(self) -> int:
-        return len(self._lru)
+        return len(self._entries)
 
     @property
     def size(self) -> int:
@@ -189,7 +249,7 @@ class Store:
     def keys_for_tag(self, tag: str) -> frozenset[str]:
         """Keys of the entries carrying `tag` that purges left in place."""
         keys = self.tag_keys(tag)
-        return frozenset(k for k in keys if (e := self._lru.peek(k)) is not None and self.current(e) is not None)
+        return frozenset(k for k in keys if (e := self._entries.get(k)) is not None and self.current(e) is not None)
 
     def tag_count(self) -> int:
         return len(self._by_tag)
@@ -207,71 +267,69 @@ class Store:
             entry.soft_purged = entry.soft_purged or purged == "soft"
         for old in replaces:
             self.delete(old.key)
-        if entry.key in self._lru:
-            self.delete(entry.key)
-        size = entry.size
+        key = entry.key
+        if key in self._entries:
+            self.delete(key)
+        tags = tuple(entry.tags)
+        size = entry.charge(tags)
         if size > self.capacity or len(entry.body) > self.max_object_size:
             return False
         entry.serial = self.purge_serial
         while self._bytes + size > self.capacity:
-            _, evicted = self._lru.popitem()  # the least recently used
-            self._bytes -= evicted.size
-            self._unlink(evicted)
-        self._lru[entry.key] = entry
+            self._remove(self._entries[self._oldest])  # type: ignore[index]  # not empty: size <= capacity
+            self.evictions += 1
+        self._entries[key] = entry
+        self._link_newest(entry)
         self._bytes += size
         untrack(entry)
-        variants = self._by_url.get(entry.url)
-        if variants is None:
-            self._by_url[entry.url] = entry
-        elif isinstance(variants, Entry):
-            self._by_url[entry.url] = {variants.key: variants, entry.key: entry}  # keys differ: replaced ones left
-        else:
-            variants[entry.key] = entry
-        if entry.tags:
-            entry.tags = tuple(self._index_tag(tag, entry.key) for tag in entry.tags)
+        url = entry.url
+        if url is not key:
+            _add_member(self._variants, url, key)
+        for tag in tags:
+            _add_member(self._by_tag, tag, key)
         return True
-
-    def _index_tag(self, tag: str, key: str) -> str:
-        """Add `key` to `tag`'s keys; the tag as entries should hold it (one string for a tag many entries carry)."""
-        keys = self._by_tag.get(tag)
-        if keys is None:
-            self._by_tag[tag] = key
-            return tag
-        if isinstance(keys, str):
-            self._by_tag[tag] = {keys: None, key: None}
-        else:
-            keys[key] = None
-        return self._tag_names.setdefault(tag, tag)
 
     def delete(self, key: str) -> bool:
-        entry = self._lru.peek(key)
+        entry = self._entries.get(key)
         if entry is None:
             return False
-        del self._lru[key]
-        self._bytes -= entry.size
-        self._unlink(entry, evicted=False)
+        self._remove(entry)
         return True
 
-    def _unlink(self, entry: Entry, evicted: bool = True) -> None:
-        if evicted:
-            self.evictions += 1
-        variants = self._by_url.get(entry.url)
-        if variants is entry:
-            del self._by_url[entry.url]
-        elif isinstance(variants, dict) and variants.get(entry.key) is entry:
-            del variants[entry.key]
-            if len(variants) == 1:
-                self._by_url[entry.url] = next(iter(variants.values()))
-        for tag in entry.tags:
-            tagged = self._by_tag.get(tag)
-            if isinstance(tagged, dict):
-                tagged.pop(entry.key, None)
-                if len(tagged) == 1:
-                    self._by_tag[tag] = next(iter(tagged))
-                    self._tag_names.pop(tag, None)
-            elif tagged == entry.key:
-                del self._by_tag[tag]
+    def _remove(self, entry: Entry) -> None:
+        """Every way out (eviction, replacement, delete, purge) goes through here: the indexes stay exact."""
+        key = entry.key
+        del self._entries[key]
+        self._unlink_order(entry)
+        tags = tuple(entry.tags)
+        self._bytes -= entry.charge(tags)
+        url = entry.url
+        if url is not key:
+            _remove_member(self._variants, url, key)
+        for tag in tags:
+            if _remove_member(self._by_tag, tag, key):
                 self._tag_marks.pop(tag, None)  # later entries are stored after any mark anyway
+
+    def _link_newest(self, entry: Entry) -> None:
+        newest = self._newest
+        entry.older, entry.newer = newest, None
+        if newest is None:
+            self._oldest = entry.key
+        else:
+            self._entries[newest].newer = entry.key
+        self._newest = entry.key
+
+    def _unlink_order(self, entry: Entry) -> None:
+        older, newer = entry.older, entry.newer
+        if older is None:
+            self._oldest = newer
+        else:
+            self._entries[older].newer = newer
+        if newer is None:
+            self._newest = older
+        else:
+            self._entries[newer].older = older
+        entry.older = entry.newer = None
 
     # -- version fences ---------------------------------------------------------
     def fence(self, kind: str, values: Iterable[str], version: int, until: float) -> None:
@@ -324,7 +382,7 @@ class Store:
         count = 0
         for key in list(keys):
             if soft:
-                entry = self._lru.peek(key)
+                entry = self._entries.get(key)
                 if entry is not None:
                     entry.soft_purged = True
                     count += 1
@@ -340,7 +398,7 @@ class Store:
     def purge_prefix(self, prefix: str, soft: bool = False) -> int:
         """Every URL key starting with `prefix`."""
         self._record(lambda e: e.url.startswith(prefix), soft)
-        keys = [k for url in self._by_url if url.startswith(prefix) for k in self.url_keys(url)]
+        keys = [k for k in self._entries if k.startswith(prefix)]  # a variant's key starts with its URL
         return self._purge_keys(keys, soft)
 
     def purge_tags(self, tags: Iterable[str], soft: bool = False) -> int:
@@ -364,7 +422,7 @@ class Store:
     def sweep(self, budget: int = 1000) -> bool:
         """Delete up to `budget` entries hard tag purges removed; True while more remain."""
         for _ in range(min(budget, len(self._to_sweep))):
-            entry = self._lru.peek(self._to_sweep.popleft())
+            entry = self._entries.get(self._to_sweep.popleft())
             if entry is not None:
                 self.current(entry)
         return bool(self._to_sweep)
@@ -372,13 +430,13 @@ class Store:
     def purge_all(self, soft: bool = False) -> int:
         self._record(lambda e: True, soft)
         if soft:
-            return self._purge_keys(list(self._lru.keys()), soft=True)
-        count = len(self._lru)
-        self._lru = _LRU()
+            return self._purge_keys(list(self._entries), soft=True)
+        count = len(self._entries)
+        self._entries = {}
+        self._oldest = self._newest = None
         self._bytes = 0
-        self._by_url.clear()
+        self._variants.clear()
         self._by_tag.clear()
-        self._tag_names.clear()
         self._tag_marks.clear()
         self._to_sweep.clear()
         return count

@@ -335,6 +335,31 @@ def test_stored_entries_are_told_apart_by_identity_not_by_value() -> None:
     assert first != second and len({first, second}) == 2
 
 
+def test_a_stored_entry_reads_its_fields_tags_and_vary_back_from_its_block_and_key() -> None:
+    # An entry keeps its fields as one bytes block and what Vary selected in its key, nothing beside them.
+    settings = EdgeSettings(origin="http://127.0.0.1:9", access_log=False, metrics=False)
+    edge = Edge(settings)
+
+    def stored(*request_fields: tuple[bytes, bytes]) -> Any:
+        request = ClientRequest.from_scope({"type": "http", "method": "GET", "path": "/p", "raw_path": b"/p",
+                                            "query_string": b"", "client": ("127.0.0.1", 1),
+                                            "headers": [(b"host", b"shop.example"), *request_fields]}, settings)
+        headers = Headers.from_raw([(b"cache-control", b"max-age=60"), (b"x-empty", b""),
+                                    (b"surrogate-key", b"products p-1"), (b"cache-tag", b"all, p-1"),
+                                    (b"vary", b"Accept-Language, X-Mode"), (b"date", b"Mon, 30 Nov 2026 02:00:00 GMT")])
+        return edge.make_entry(request, 200, headers, b"body", 1000.0, 1000.0)
+
+    entry = stored((b"accept-language", b"fr, en"))
+    assert entry.url == "shop.example/p" and entry.vary == (("accept-language", "en,fr"), ("x-mode", None))
+    assert entry.tags == {"products", "p-1", "all"}
+    sent = [name for name, _ in entry.wire]
+    assert sent == [b"cache-control", b"x-empty", b"vary", b"date"]  # tag fields are held, not sent
+    assert entry.headers.get("x-empty") == "" and entry.headers.get("surrogate-key") == "products p-1"
+    # A field present but empty, absent, or spelled "None" selects three variants, not two.
+    keys = {stored((b"x-mode", b"")).key, stored().key, stored((b"x-mode", b"None")).key}
+    assert len(keys) == 3
+
+
 def test_a_hit_after_a_purge_and_refetch_carries_the_new_fields_with_the_new_body(rig: Rig) -> None:
     # The fast path keeps the fields of the objects it served last read as pairs: never another entry's.
     version = {"n": 1}

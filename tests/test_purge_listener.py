@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 from edge.purge_listener import PurgeListener
-from edge.store import Entry, Store
+from edge.store import Store, TaggedEntry
 from purge_api.log import EdgeInfo, MemoryPurgeLog, Purge
 
 
-def tagged(key: str, tag: str) -> Entry:
-    return Entry(key=key, url=key, body=b"x", tags=frozenset({tag}))
+def tagged(key: str, tag: str) -> TaggedEntry:
+    return TaggedEntry(key=key, body=b"x", tags=frozenset({tag}))
 
 
 def listener_for(log: MemoryPurgeLog, store: Store) -> PurgeListener:

@@ -3,33 +3,42 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 
-from edge.store import ENTRY_OVERHEAD, Entry, Store
+from edge.store import ENTRY_OVERHEAD, Store, TaggedEntry
 
 
-def entry(key: str, size: int = 100, tags: tuple[str, ...] = (), url: str | None = None) -> Entry:
-    return Entry(key=key, url=url or key, body=b"x" * size, tags=frozenset(tags))
+def entry(key: str, size: int = 100, tags: tuple[str, ...] = ()) -> TaggedEntry:
+    return TaggedEntry(key=key, body=b"x" * size, tags=frozenset(tags))
 
 
 def assert_indexes_exact(store: Store) -> None:
     """Every indexed key is stored, and every stored entry is indexed under its URL and each tag."""
     while store.sweep():
         pass
-    stored = {key: store._lru.peek(key) for key in list(store._lru.keys())}
-    by_url = {k for url in store._by_url for k in store.url_keys(url)}
+    stored = dict(store._entries)
+    by_url = {k for url in store._variants for k in store.url_keys(url)}
     by_tag = {k for tag in store._by_tag for k in store.tag_keys(tag)}
-    assert by_url == set(stored)
+    assert by_url == {k for k in stored if "\0" in k}  # only variants: a URL's own key finds its entry
     assert by_tag == {k for k, e in stored.items() if e.tags}
     for key, e in stored.items():
         assert key in store.url_keys(e.url)
         for tag in e.tags:
             assert key in store.tag_keys(tag)
-    # No empty set or dict left behind, and none holding a lone member (held as itself).
+    # No empty dict left behind, and none holding a lone member (held as itself).
     assert all(isinstance(keys, str) or len(keys) > 1 for keys in store._by_tag.values())
-    assert all(isinstance(found, Entry) or len(found) > 1 for found in store._by_url.values())
-    # One shared string is remembered for each tag several entries carry, and for no other.
-    assert set(store._tag_names) == {tag for tag, keys in store._by_tag.items() if not isinstance(keys, str)}
+    assert all(isinstance(keys, str) or len(keys) > 1 for keys in store._variants.values())
     assert store.size == sum(e.size for e in stored.values())
+    # The LRU order, walked from both ends, is every entry once.
+    forward, key = [], store._oldest
+    while key is not None:
+        forward.append(key)
+        key = stored[key].newer
+    backward, key = [], store._newest
+    while key is not None:
+        backward.append(key)
+        key = stored[key].older
+    assert forward == backward[::-1] and sorted(forward) == sorted(stored)
 
 
 def test_total_size_never_exceeds_capacity() -> None:
@@ -56,8 +65,8 @@ def test_an_entry_is_charged_its_keys_text() -> None:
     # A long URL costs what it holds: 2,000 bytes of query string are not free beside a tiny body.
     assert entry("k" * 2001).size - entry("k").size == 2000
     assert entry("a", 0).size == ENTRY_OVERHEAD + 1
-    # A variant's key is the URL and more (Vary): both are held.
-    assert entry("/u\x00accept=json", url="/u").size == entry("/u\x00accept=json").size + 2
+    # A variant's key is the URL and more (Vary): the URL is held once more, in the index of variants.
+    assert entry("/u\x00accept=json").size == entry("/u?accept=json").size + 2
 
 
 def test_objects_over_the_size_cap_are_refused() -> None:
@@ -116,8 +125,8 @@ def test_soft_purge_does_not_make_entries_most_recently_used() -> None:
     store.put(entry("c", tags=("u",)))
     store.purge_url("a", soft=True)
     store.put(entry("d", tags=("u",)))
-    assert store._lru.peek("a") is None  # the stale one went first, not fresh "b"
-    assert store._lru.peek("b") is not None
+    assert store.peek("a") is None  # the stale one went first, not fresh "b"
+    assert store.peek("b") is not None
 
 
 def test_purge_by_tag_removes_exactly_the_tagged_entries() -> None:
@@ -140,10 +149,10 @@ def test_soft_purge_marks_entries_without_removing_them() -> None:
 
 def test_purge_url_removes_every_variant_and_prefix_matches_url_keys() -> None:
     store = Store(1_000_000, 10_000)
-    store.put(entry("h/a\x00lang=en", url="h/a"))
-    store.put(entry("h/a\x00lang=fr", url="h/a"))
-    store.put(entry("h/ab", url="h/ab"))
-    store.put(entry("h/b", url="h/b"))
+    store.put(entry("h/a\x00lang=en"))
+    store.put(entry("h/a\x00lang=fr"))
+    store.put(entry("h/ab"))
+    store.put(entry("h/b"))
     assert store.purge_url("h/a") == 2
     assert store.purge_prefix("h/a") == 1
     assert [e.key for e in store.variants("h/b")] == ["h/b"]
@@ -154,9 +163,12 @@ def test_purge_all_empties_store_and_indexes() -> None:
     store = Store(1_000_000, 10_000)
     for i in range(10):
         store.put(entry(f"k{i}", tags=("t",)))
+    served = store.peek("k3")  # one being served while the purge comes: its links name entries gone
     assert store.purge_all() == 10
     assert len(store) == 0 and store.size == 0 and store.tag_count() == 0
     store.put(entry("again", tags=("t",)))
+    store.put(entry("k4"))
+    store.touch(served)  # not stored any more: nothing to move
     assert_indexes_exact(store)
 
 
@@ -195,17 +207,19 @@ def test_indexes_stay_exact_under_random_operations() -> None:
     tags = [f"t{i}" for i in range(8)]
     for _ in range(3000):
         op = rng.random()
-        key = f"k{rng.randrange(100)}"
+        n = rng.randrange(100)
+        url = f"k{n // 10}"
+        key = url if n % 10 == 0 else f"{url}\0v{n % 10}"  # ten URLs, each with variants
         if op < 0.6:
-            store.put(entry(key, rng.randrange(1, 400), tuple(rng.sample(tags, rng.randrange(0, 3))), url=key[:2]))
+            store.put(entry(key, rng.randrange(1, 400), tuple(rng.sample(tags, rng.randrange(0, 3)))))
         elif op < 0.7:
             store.delete(key)
         elif op < 0.8:
             store.purge_tags(rng.sample(tags, 2), soft=rng.random() < 0.5)
         elif op < 0.85:
-            store.purge_url(key[:2])
+            store.purge_url(url)
         elif op < 0.9:
-            store.purge_prefix(key[:2])
+            store.purge_prefix(url)
         else:
             hit = store.get(key)
             if hit:
@@ -215,16 +229,65 @@ def test_indexes_stay_exact_under_random_operations() -> None:
 
 def test_a_lone_variant_or_tagged_entry_is_indexed_as_itself_and_a_second_one_makes_a_collection() -> None:
     store = Store(1 << 20, 1 << 20)
-    first, second = entry("u\x00a", url="u", tags=("t",)), entry("u\x00b", url="u", tags=("t",))
+    first, second = entry("u\x00a", tags=("t",)), entry("u\x00b", tags=("t",))
     store.put(first)
-    assert store.only_variant("u") is first and store.tag_keys("t") == ["u\x00a"]
+    assert store.variants("u") == [first] and store._variants == {"u": "u\x00a"} and store._by_tag == {"t": "u\x00a"}
     store.put(second)
-    assert store.only_variant("u") is None  # two variants: the full path chooses
     assert {e.key for e in store.variants("u")} == {"u\x00a", "u\x00b"} and set(store.tag_keys("t")) == {"u\x00a", "u\x00b"}
     assert_indexes_exact(store)
     store.delete("u\x00a")
-    assert store.only_variant("u") is second and store.tag_keys("t") == ["u\x00b"]
+    assert store.variants("u") == [second] and store._variants == {"u": "u\x00b"} and store._by_tag == {"t": "u\x00b"}
     assert_indexes_exact(store)
     assert store.purge_tags(["t"]) == 1
     assert_indexes_exact(store)
     assert store.variants("u") == [] and store.tag_keys("t") == [] and len(store) == 0
+
+
+def test_the_entry_a_url_keys_itself_is_its_only_variant_until_vary_selected_ones_join_it() -> None:
+    # What the fast path serves: a response stored without Vary, under its URL, with no other variant
+    # beside it (the full path chooses between variants).
+    store = Store(1 << 20, 1 << 20)
+    plain, varied = entry("u"), entry("u\x00accept=json")
+    store.put(plain)
+    assert store.only_variant("u") is plain and store._variants == {}  # found by its key: not indexed
+    store.put(varied)
+    assert store.only_variant("u") is None and {e.key for e in store.variants("u")} == {"u", "u\x00accept=json"}
+    store.delete(varied.key)
+    assert store.only_variant("u") is plain
+    store.delete(plain.key)
+    store.put(varied)
+    assert store.only_variant("u") is None and store.variants("u") == [varied]  # a lone variant chosen by Vary
+
+
+def test_the_order_of_eviction_is_exactly_least_recently_used() -> None:
+    # Against a model LRU (an OrderedDict): puts, replacements, touches, gets and deletes in any order.
+    rng = random.Random(11)
+    capacity = 20
+    store = Store(capacity * entry("k00").size, 10_000)
+    model: OrderedDict[str, None] = OrderedDict()
+    for _ in range(5000):
+        key, op = f"k{rng.randrange(40):02d}", rng.random()
+        if op < 0.5:
+            store.put(entry(key))
+            model.pop(key, None)
+            model[key] = None
+            if len(model) > capacity:
+                model.popitem(last=False)
+        elif op < 0.9:
+            found = store.peek(key)
+            if found is not None and op < 0.7:
+                store.touch(found)
+            elif found is not None:
+                store.get(key)
+            if found is not None:
+                model.move_to_end(key)
+        else:
+            store.delete(key)
+            model.pop(key, None)
+        assert len(store) == len(model)
+    assert_indexes_exact(store)
+    order, key = [], store._oldest
+    while key is not None:
+        order.append(key)
+        key = store.peek(key).newer
+    assert order == list(model)
