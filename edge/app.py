@@ -533,7 +533,7 @@ class Edge:
         age = entry.initial_age + (age if age > 0.0 else 0.0)
         ttl = entry.lifetime - age
         # rfc.reuse for a request without directives: FRESH exactly when this holds.
-        if ttl <= 0 or entry.no_cache or entry.soft_purged:  # stored under its URL: no Vary
+        if ttl <= 0 or entry.rules.no_cache or entry.soft_purged:  # stored under its URL: no Vary
             return None
         cooked = self._cooked.get(key)
         if cooked is None or cooked.source is not entry.fields or cooked.length != len(entry.body):
@@ -805,7 +805,7 @@ class Edge:
 
     def within_grace(self, entry: Stored, now: float) -> bool:
         """The operator's grace: stale while no origin is available, unless the response forbids stale serving."""
-        if self.settings.stale_grace <= 0 or entry.must_revalidate or entry.no_cache:
+        if self.settings.stale_grace <= 0 or entry.rules.must_revalidate or entry.rules.no_cache:
             return False
         return -entry.ttl(now) <= self.settings.stale_grace
 

@@ -8,6 +8,7 @@ The edge is a shared cache; it also honours the targeted fields CDN-Cache-Contro
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -125,6 +126,20 @@ def uncacheable_reason(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ReuseRules:
+    """What a response's directives say of reusing it besides its lifetime. Few responses say anything
+    here, and those that do say the same things: entries share one object per combination (`reuse_rules`)."""
+
+    no_cache: bool = False  # always revalidate (§5.2.2.4)
+    must_revalidate: bool = False  # no stale serving (§5.2.2.2, §5.2.2.8, s-maxage)
+    stale_while_revalidate: float = 0.0  # RFC 5861
+    stale_if_error: float = 0.0
+
+
+NO_RULES = ReuseRules()
+
+
 @dataclass(eq=False)
 class FreshnessRules:
     """What the cache needs to know of a stored response to judge reuse, computed once at store time, and
@@ -135,10 +150,7 @@ class FreshnessRules:
     lifetime: float  # RFC 9111 §4.2.1
     initial_age: float  # corrected_initial_age, RFC 9111 §4.2.3
     response_time: float
-    no_cache: bool = False  # always revalidate (§5.2.2.4)
-    must_revalidate: bool = False  # no stale serving (§5.2.2.2, §5.2.2.8, s-maxage)
-    stale_while_revalidate: float = 0.0  # RFC 5861
-    stale_if_error: float = 0.0
+    rules: ReuseRules = NO_RULES
 
     def age(self, now: float) -> float:
         return self.initial_age + max(0.0, now - self.response_time)
@@ -201,24 +213,46 @@ def initial_age(headers: Headers, request_time: float, response_time: float) -> 
     return max(apparent_age, age_value + response_delay)
 
 
-# Lifetimes repeat (3600.0 for every max-age=3600), and so do whole initial ages (0.0, an Age field's
-# seconds): a stored entry holds one float object each value is shared by, not one of its own (24 bytes
-# each). An initial age with a response delay in it is the entry's own. Up to SHARED_FLOATS values are
-# kept; a flood of distinct ones costs one rebuild per SHARED_FLOATS.
-SHARED_FLOATS = 4096
+# Lifetimes repeat (3600.0 for every max-age=3600), and so do initial ages kept to the millisecond (0.001
+# for most fetches from a near origin) and reuse rules: a stored entry holds one object each value is
+# shared by, not one of its own (24 bytes a float). Up to SHARED_VALUES values of each kind are kept; a
+# flood of distinct ones costs one rebuild per SHARED_VALUES.
+SHARED_VALUES = 4096
+V = TypeVar("V", float, ReuseRules)
 _shared_floats: dict[float, float] = {}
+_shared_rules: dict[ReuseRules, ReuseRules] = {}
+
+
+def _one_of(kept: dict[V, V], value: V) -> V:
+    found = kept.get(value)
+    if found is None:
+        if len(kept) >= SHARED_VALUES:
+            kept.clear()
+        kept[value] = found = value
+    return found
 
 
 def shared(value: float) -> float:
-    """The one float object for `value` when it is a whole number, else `value`."""
-    if not value.is_integer():
-        return value
-    kept = _shared_floats.get(value)
-    if kept is None:
-        if len(_shared_floats) >= SHARED_FLOATS:
-            _shared_floats.clear()
-        _shared_floats[value] = kept = value
-    return kept
+    """The one float object for `value` that entries holding it share."""
+    return _one_of(_shared_floats, value)
+
+
+def reuse_rules(d: Directives, source: str) -> ReuseRules:
+    """The reuse rules of a response whose governing directives (from `source`) are `d`, shared."""
+    found = ReuseRules(
+        no_cache="no-cache" in d and not d.field_names("no-cache"),
+        must_revalidate=("must-revalidate" in d or "proxy-revalidate" in d or
+                         ("s-maxage" in d and source != "surrogate-control")),
+        stale_while_revalidate=_seconds(d, "stale-while-revalidate"),
+        stale_if_error=_seconds(d, "stale-if-error"),
+    )
+    return _one_of(_shared_rules, found)
+
+
+def to_the_millisecond(age: float) -> float:
+    """`age` rounded up to a whole millisecond: never younger than it is, and one of few values entries can
+    share (with the response delay in full, each initial age would be a float of its own)."""
+    return math.ceil(age * 1000) / 1000 if age != AGE_INVALID else age
 
 
 def assess(status: int, headers: Headers, request_time: float, response_time: float, policy: CachePolicy,
@@ -228,13 +262,9 @@ def assess(status: int, headers: Headers, request_time: float, response_time: fl
     source, d = governing_directives(headers, policy)
     return kind(
         lifetime=shared(freshness_lifetime(status, headers, response_time, policy)),
-        initial_age=shared(initial_age(headers, request_time, response_time)),
+        initial_age=shared(to_the_millisecond(initial_age(headers, request_time, response_time))),
         response_time=response_time,
-        no_cache="no-cache" in d and not d.field_names("no-cache"),
-        must_revalidate=("must-revalidate" in d or "proxy-revalidate" in d or
-                         ("s-maxage" in d and source != "surrogate-control")),
-        stale_while_revalidate=_seconds(d, "stale-while-revalidate"),
-        stale_if_error=_seconds(d, "stale-if-error"),
+        rules=reuse_rules(d, source),
         **more,
     )
 
@@ -254,7 +284,7 @@ class Reuse(enum.Enum):
 
 def reuse(freshness: FreshnessRules, request: Directives, now: float, soft_purged: bool = False) -> Reuse:
     """Whether a stored response may answer this request without the origin (RFC 9111 §4.2, §4.2.4, §5.2.1)."""
-    if "no-cache" in request or freshness.no_cache:
+    if "no-cache" in request or freshness.rules.no_cache:
         return Reuse.VALIDATE
     age = freshness.age(now)
     max_age = request.seconds("max-age")
@@ -266,24 +296,25 @@ def reuse(freshness: FreshnessRules, request: Directives, now: float, soft_purge
         return Reuse.VALIDATE
     if ttl > 0 and not soft_purged:
         return Reuse.FRESH
-    if freshness.must_revalidate:
+    if freshness.rules.must_revalidate:
         return Reuse.VALIDATE
     staleness = -ttl if ttl <= 0 else 0.0
     if "max-stale" in request:
         limit = request.seconds("max-stale")
         if request.get("max-stale") is None or (limit is not None and 0 <= staleness <= limit):
             return Reuse.STALE_ALLOWED
-    if staleness <= freshness.stale_while_revalidate and freshness.stale_while_revalidate > 0:
+    window = freshness.rules.stale_while_revalidate
+    if staleness <= window and window > 0:
         return Reuse.STALE_WHILE_REVALIDATE
     return Reuse.VALIDATE
 
 
 def may_serve_stale_on_error(freshness: FreshnessRules, request: Directives, now: float) -> bool:
     """stale-if-error (RFC 5861 §4), from the response or the request, unless revalidation is mandatory."""
-    if freshness.must_revalidate or freshness.no_cache:
+    if freshness.rules.must_revalidate or freshness.rules.no_cache:
         return False
     staleness = max(0.0, -freshness.ttl(now))
-    window = max(freshness.stale_if_error, _seconds(request, "stale-if-error"))
+    window = max(freshness.rules.stale_if_error, _seconds(request, "stale-if-error"))
     return window > 0 and staleness <= window
 
 

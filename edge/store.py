@@ -21,7 +21,7 @@ from dataclasses import dataclass
 # store's dict; per tag, its string in the tag index (the first entry to carry a tag pays for it) and
 # its key in the tag's keys. Both allow for the dicts having just grown (a dict key costs 21 to 60 bytes)
 # and for the allocator's rounding.
-ENTRY_OVERHEAD = 420  # at 20,000 to 45,000 entries: 335 to 350 traced, 380 to 395 of RSS
+ENTRY_OVERHEAD = 380  # at 20,000 to 45,000 entries: 290 to 315 traced, 330 to 350 of RSS
 TAG_OVERHEAD = 120  # a tag only this entry carries: its string (49 + length) and two index keys' worth
 # Stored header fields are kept as one bytes object (BLOCK_OVERHEAD beyond its text and separators).
 BLOCK_OVERHEAD = 40

@@ -19,6 +19,7 @@ from edge.policy import (
     CachePolicy,
     Freshness,
     Reuse,
+    ReuseRules,
     assess,
     connection_listed,
     end_to_end,
@@ -33,6 +34,7 @@ from edge.policy import (
     reuse,
     shared,
     stored_fields_to_drop,
+    to_the_millisecond,
     uncacheable_reason,
     validators,
 )
@@ -396,16 +398,21 @@ def test_assess_combines_lifetime_age_and_time():
     assert (f.lifetime, f.initial_age, f.response_time) == (60.0, 6.0, T)
 
 
-def test_entries_with_the_same_lifetime_share_one_float_for_it():
-    # Every stored entry holds its lifetime: 24 bytes unless shared. Its initial age has the response
-    # delay in it, and is its own.
-    first = assess(200, fields("Cache-Control: max-age=3600"), T - 0.0123, T, POLICY)
-    second = assess(200, fields("Cache-Control: max-age=3600"), T + 1.4, T + 1.5, POLICY)
+def test_entries_with_the_same_lifetime_initial_age_or_reuse_rules_share_one_object_for_it():
+    # Every stored entry holds its lifetime and its initial age: 24 bytes each unless shared. The initial
+    # age, with the response delay in it, is kept to the millisecond, rounded up: few values, shared too.
+    first = assess(200, fields("Cache-Control: max-age=3600"), T - 0.0004, T, POLICY)
+    second = assess(200, fields("Cache-Control: max-age=3600"), T + 1.4993, T + 1.5, POLICY)
     assert first.lifetime is second.lifetime and first.lifetime == 3600.0
-    assert (first.initial_age, second.initial_age) == (pytest.approx(0.0123), pytest.approx(0.1))
-    fractions = [float("2.5"), float("2.5")]
-    assert shared(fractions[0]) is fractions[0] and shared(fractions[1]) is fractions[1]  # never kept
-    assert shared(float("1e9")) is shared(float("1e9"))
+    assert first.initial_age is second.initial_age and first.initial_age == 0.001
+    slow = assess(200, fields("Cache-Control: max-age=3600", "Age: 5"), T - 0.0123, T, POLICY)
+    assert slow.initial_age == 5.013  # never younger than RFC 9111 §4.2.3 makes it
+    assert to_the_millisecond(AGE_INVALID) == AGE_INVALID and to_the_millisecond(2.0) == 2.0
+    assert shared(float("2.5")) is shared(float("2.5")) and shared(float("1e9")) is shared(float("1e9"))
+    # Four slots' worth of directives in one object, one per combination.
+    assert first.rules is second.rules and first.rules == ReuseRules()
+    swr = [assess(200, fields("Cache-Control: max-age=60, stale-while-revalidate=30"), T, T, POLICY) for _ in range(2)]
+    assert swr[0].rules is swr[1].rules and swr[0].rules == ReuseRules(stale_while_revalidate=30.0)
 
 
 @pytest.mark.parametrize(
@@ -438,7 +445,7 @@ def test_assess_flags(response, flags):
     f = assess(200, fields(*response), T, T, POLICY)
     expected = {"no_cache": False, "must_revalidate": False, "stale_while_revalidate": 0.0, "stale_if_error": 0.0}
     expected.update(flags)
-    assert {name: getattr(f, name) for name in expected} == expected
+    assert {name: getattr(f.rules, name) for name in expected} == expected
 
 
 def test_malformed_age_makes_response_stale_at_once():
@@ -463,7 +470,7 @@ def test_thousands_of_digits_in_max_age_are_capped_not_an_error():
 
 def fresh_for(lifetime: float, **flags) -> Freshness:
     """A response with `lifetime` seconds of freshness received at T with no age."""
-    return Freshness(lifetime=lifetime, initial_age=0.0, response_time=T, **flags)
+    return Freshness(lifetime=lifetime, initial_age=0.0, response_time=T, rules=ReuseRules(**flags))
 
 
 @pytest.mark.parametrize(
@@ -583,7 +590,7 @@ def test_assessed_response_reuse_end_to_end():
         pytest.param(fresh_for(60, stale_if_error=300, no_cache=True), "", T + 100, False, id="no-cache"),
         pytest.param(fresh_for(60, must_revalidate=True), "stale-if-error=300", T + 100, False,
                      id="must-revalidate-beats-request"),
-        pytest.param(Freshness(60.0, AGE_INVALID, T, stale_if_error=300), "", T, False, id="invalid-age"),
+        pytest.param(Freshness(60.0, AGE_INVALID, T, ReuseRules(stale_if_error=300)), "", T, False, id="invalid-age"),
     ],
 )
 def test_may_serve_stale_on_error(freshness, request_cc, now, allowed):
@@ -896,16 +903,16 @@ def test_assess_and_reuse_give_defined_answers(status, response, delay, request,
     f = assess(status, response, T - delay, T, POLICY)
     assert 0.0 <= f.lifetime <= float(DELTA_SECONDS_MAX)
     assert f.initial_age >= 0.0
-    assert f.stale_while_revalidate >= 0.0 and f.stale_if_error >= 0.0
+    assert f.rules.stale_while_revalidate >= 0.0 and f.rules.stale_if_error >= 0.0
     directives = request_directives(request)
     now = T + dt
     outcome = reuse(f, directives, now, soft_purged=soft_purged)
     assert isinstance(outcome, Reuse)
     if outcome is Reuse.FRESH:
         assert f.ttl(now) > 0 and not soft_purged
-    if f.no_cache or "no-cache" in directives:
+    if f.rules.no_cache or "no-cache" in directives:
         assert outcome is Reuse.VALIDATE
-    if f.must_revalidate:
+    if f.rules.must_revalidate:
         assert outcome in (Reuse.FRESH, Reuse.VALIDATE)
     assert isinstance(may_serve_stale_on_error(f, directives, now), bool)
 
