@@ -12,7 +12,9 @@ constant under a long run of unique objects.
    `key -> (header pairs, body)` holding the same bytes (the baseline), and
    beside what the store charges against its capacity (`Entry.size`). A fresh
    interpreter per row also gives the RSS each object adds (allocator rounding
-   included), without tracemalloc.
+   included), without tracemalloc. The row with the most overhead is measured
+   again where the store's dicts have just grown (a key costs its dict 21 to
+   43 B as it fills), and the goal is judged on the more of the two.
 2. Process memory. A small origin (`origin_app` below, on uvicorn) serves unique
    objects of mixed sizes; `python -m cdn edge` runs in front of it, each a
    subprocess on a free loopback port. An h11 client sends unique GETs totalling
@@ -282,7 +284,17 @@ def measure_rss(objects: int, size: int, tagged: bool) -> float:
     return float(done.stdout.strip())
 
 
-def measure_objects(objects: int) -> list[Row]:
+def just_grown(objects: int) -> int:
+    """The first count above `objects` at which the store's dicts, filled one key at a time, have just
+    grown (CPython grows a dict at two thirds full): where a key costs its dict the most."""
+    size = 8
+    while size * 2 // 3 < objects:
+        size *= 2
+    return size * 2 // 3 + 2  # the tag index holds one key more than the entries' dict
+
+
+def measure_objects(objects: int) -> tuple[list[Row], Row]:
+    """The rows at `objects`, and the one with the most overhead again where the dicts have just grown."""
     rows = []
     for tagged in (False, True):
         for size in ROW_SIZES:
@@ -291,7 +303,10 @@ def measure_objects(objects: int) -> list[Row]:
             row = measure_row(objects, size, tagged, sites=tagged and size == ROW_SIZES[-1])
             row.rss = measure_rss(objects, size, tagged)
             rows.append(row)
-    return rows
+    worst = max(rows, key=lambda r: r.overhead)
+    grown = just_grown(objects)
+    print(f"  1. {grown:,} objects of {worst.label} (the dicts just grown) ...", file=sys.stderr, flush=True)
+    return rows, measure_row(grown, worst.body, worst.tagged, sites=False)
 
 
 # -- 2. process memory under a long run of unique objects -------------------------------------------
@@ -468,7 +483,7 @@ def mib(n: float) -> str:
     return f"{n / MIB:.1f}"
 
 
-def report_objects(rows: Sequence[Row], objects: int) -> None:
+def report_objects(rows: Sequence[Row], grown: Row, objects: int) -> None:
     print(f"\n1. Bytes per cached object, {objects:,} objects per row, stored through Edge.make_entry and Edge.put "
           f"(tracemalloc; RSS: a fresh interpreter without it)")
     print(f"   content: body + header field text; charged: Entry.size = body + ENTRY_OVERHEAD {ENTRY_OVERHEAD} "
@@ -484,8 +499,11 @@ def report_objects(rows: Sequence[Row], objects: int) -> None:
     print("   baselines: a plain dict of cache key -> (header fields, body) with the same bytes; pairs: the fields as a "
           "list of (name, value) bytes pairs; block: one raw 'name: value CRLF' bytes block")
     worst = max(rows, key=lambda r: r.overhead)
+    print(f"  the same right after the store's dicts grow ({just_grown(objects):,} objects): {grown.overhead:.0f} B "
+          f"({grown.label}; a dict key costs its dict 21 to 43 B as the dict fills)")
+    most = max(worst.overhead, grown.overhead)
     print(f"  goal: at most a few hundred bytes beyond body and headers (read as {GOAL_OVERHEAD} B) -> "
-          f"{worst.overhead:.0f} B ({worst.label}), {verdict(worst.overhead, GOAL_OVERHEAD)}")
+          f"{most:.0f} B ({worst.label}), {verdict(most, GOAL_OVERHEAD)}")
     under = [r for r in rows if max(r.ours, r.rss) > r.charged]
     if under:
         real = max(max(r.ours, r.rss) / r.charged for r in under)
@@ -594,10 +612,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = os.getloadavg()[0]
     code_version = describe_code()
     rows: list[Row] = []
+    grown: Row | None = None
     runs: list[Run] = []
     try:
         if args.only != "process":
-            rows = measure_objects(args.objects)
+            rows, grown = measure_objects(args.objects)
         if args.only != "objects":
             runs, sizes = measure_process((args.cache_size, args.small_cache), args.factor, args.mix)
     except (BenchError, ServiceStartError, ConnectionClosed) as exc:
@@ -608,8 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(f"\nmemory_bench: {os.cpu_count()} CPUs, load {load_at_start:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"Python {sys.version.split()[0]}; code: {code_version}")
-    if rows:
-        report_objects(rows, args.objects)
+    if grown is not None:
+        report_objects(rows, grown, args.objects)
     if runs:
         report_process(runs, sizes, args.mix, args.factor)
     return 0

@@ -99,7 +99,7 @@ class BadRequest(Exception):
 def valid_host(value: str, settings: EdgeSettings) -> str:
     """The request's Host, lower-cased, or BadRequest when it is missing, malformed or not served here."""
     host = value.strip().lower()
-    if not host or any(c in host for c in " /\\@"):
+    if not host or any(c in host for c in " /\\@\0"):
         raise BadRequest("missing or invalid Host header")
     if settings.allowed_hosts and host.split(":")[0] not in settings.allowed_hosts:
         raise BadRequest(f"host {host!r} is not served here")

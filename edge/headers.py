@@ -261,9 +261,10 @@ def parse_age(lines: Sequence[str]) -> float:
 
 
 def parse_vary(lines: Sequence[str]) -> tuple[str, ...] | None:
-    """The field names a response varies on, lowercased and sorted; None for `Vary: *`."""
+    """The field names a response varies on, lowercased and sorted; None for `Vary: *`, and for a member
+    that is no field name (`a=b`), which can select nothing either."""
     names = {m.lower() for m in split_list(lines)}
-    if "*" in names:
+    if "*" in names or not all(set(name) <= _TOKEN_CHARS for name in names):
         return None
     return tuple(sorted(names))
 

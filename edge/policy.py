@@ -246,13 +246,16 @@ def reuse_rules(d: Directives, source: str) -> ReuseRules:
         stale_while_revalidate=_seconds(d, "stale-while-revalidate"),
         stale_if_error=_seconds(d, "stale-if-error"),
     )
-    return _one_of(_shared_rules, found)
+    return NO_RULES if found == NO_RULES else _one_of(_shared_rules, found)
 
 
 def to_the_millisecond(age: float) -> float:
     """`age` rounded up to a whole millisecond: never younger than it is, and one of few values entries can
     share (with the response delay in full, each initial age would be a float of its own)."""
-    return math.ceil(age * 1000) / 1000 if age != AGE_INVALID else age
+    if age == AGE_INVALID:
+        return age
+    ms = math.ceil(age * 1000)
+    return (ms - 1) / 1000 if (ms - 1) / 1000 >= age else ms / 1000  # 2.007 * 1000 is 2007.0000000000002
 
 
 def assess(status: int, headers: Headers, request_time: float, response_time: float, policy: CachePolicy,

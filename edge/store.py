@@ -43,7 +43,7 @@ def _untracker() -> Callable[[Entry], None]:
 
 
 # A stored entry is left out of the cycle collector's sight: its slots hold strings, bytes, numbers and
-# tuples of them, so it can never be part of a reference cycle, and a full collection, which holds every
+# frozen values of them, so it can never be part of a reference cycle, and a full collection, which holds every
 # request while it runs, would otherwise visit every entry (at 100,000 entries, 100 ms instead of 25).
 # Reference counting frees it as before.
 untrack = _untracker()
@@ -66,10 +66,10 @@ class Entry:
     """One stored response variant. The request path's subclass (`edge.app.Stored`) adds what it means
     in HTTP: status, freshness, fields, and its tags, which it reads from its fields. One object per
     entry, not an entry and its metadata: each costs its header and the garbage collector's. Its slots
-    hold only strings, bytes, numbers and tuples of them (the store takes it out of the cycle
+    hold only strings, bytes, numbers and frozen values of them (the store takes it out of the cycle
     collector's sight: see `untrack`)."""
 
-    key: str  # unique per variant: its URL, or for a Vary-selected variant `variant_key(url, ...)`
+    key: str  # unique per variant: its URL, or for a Vary-selected variant `variant_key(url, ...)` (no NUL in a URL)
     body: bytes
     soft_purged: bool = False
     serial: int = 0  # the store's purge serial when it was stored, or last looked at against tag purges
@@ -96,8 +96,8 @@ class Entry:
         """What the store charges for it, `tags` being its tags: worked out when asked, not kept (an int of
         its own is 28 bytes). Nothing it is made of changes while it is stored."""
         key = self.key
-        url = key.find(VARIANT)  # a variant's URL is held once more, in the store's index of variants
-        return (len(self.body) + len(key) + max(url, 0) + self.fields_size() + ENTRY_OVERHEAD
+        url_length = max(key.find(VARIANT), 0)  # a variant's URL is held once more, in the index of variants
+        return (len(self.body) + len(key) + url_length + self.fields_size() + ENTRY_OVERHEAD
                 + sum(TAG_OVERHEAD + len(t) for t in tags))
 
     @property
@@ -107,9 +107,13 @@ class Entry:
 
 @dataclass(slots=True, eq=False, kw_only=True)
 class TaggedEntry(Entry):
-    """An entry that holds the tags it is given."""
+    """An entry that holds the tags it is given (as a frozenset: the store reads them again when it removes
+    the entry, and must find what it indexed)."""
 
-    tags: Collection[str] = ()
+    tags: Collection[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.tags = frozenset(self.tags)
 
 
 def _members(index: dict[str, str | dict[str, None]], name: str) -> list[str]:
@@ -282,9 +286,8 @@ class Store:
         self._link_newest(entry)
         self._bytes += size
         untrack(entry)
-        url = entry.url
-        if url is not key:
-            _add_member(self._variants, url, key)
+        if VARIANT in key:
+            _add_member(self._variants, entry.url, key)
         for tag in tags:
             _add_member(self._by_tag, tag, key)
         return True
@@ -297,15 +300,15 @@ class Store:
         return True
 
     def _remove(self, entry: Entry) -> None:
-        """Every way out (eviction, replacement, delete, purge) goes through here: the indexes stay exact."""
+        """Every way out (eviction, replacement, delete, purge) goes through here: the indexes stay exact.
+        The entry's tags are read again (the request path's entries parse them from their fields)."""
         key = entry.key
         del self._entries[key]
         self._unlink_order(entry)
         tags = tuple(entry.tags)
         self._bytes -= entry.charge(tags)
-        url = entry.url
-        if url is not key:
-            _remove_member(self._variants, url, key)
+        if VARIANT in key:
+            _remove_member(self._variants, entry.url, key)
         for tag in tags:
             if _remove_member(self._by_tag, tag, key):
                 self._tag_marks.pop(tag, None)  # later entries are stored after any mark anyway

@@ -102,6 +102,10 @@ def test_the_fast_path_keys_each_host_and_target_apart_and_refuses_what_the_full
     assert key(b"a.example", None, path="/z") == "a.example/z"
     assert key(b"c.example", b"/x") is None  # not served here
     assert key(b"c.example", b"/x") is None  # and not remembered as served
+    # A NUL would make the key of a variant (URL, NUL, what Vary selects) of some other URL.
+    assert key(b"a.example", b"/x\0y") is None and key(b"a.example", b"/x", b"q=\0") is None
+    any_host = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t"))
+    assert any_host.hit_key(b"a.example\0x", {"path": "/", "raw_path": b"/x", "query_string": b""}) is None
     for i in range(app_module.HIT_KEYS + 10):
         key(b"a.example", b"/n%d" % i)
     assert len(edge._hit_keys) <= app_module.HIT_KEYS

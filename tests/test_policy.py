@@ -408,6 +408,7 @@ def test_entries_with_the_same_lifetime_initial_age_or_reuse_rules_share_one_obj
     slow = assess(200, fields("Cache-Control: max-age=3600", "Age: 5"), T - 0.0123, T, POLICY)
     assert slow.initial_age == 5.013  # never younger than RFC 9111 §4.2.3 makes it
     assert to_the_millisecond(AGE_INVALID) == AGE_INVALID and to_the_millisecond(2.0) == 2.0
+    assert to_the_millisecond(2.007) == 2.007 and to_the_millisecond(2.0071) == 2.008  # 2.007 * 1000 > 2007
     assert shared(float("2.5")) is shared(float("2.5")) and shared(float("1e9")) is shared(float("1e9"))
     # Four slots' worth of directives in one object, one per combination.
     assert first.rules is second.rules and first.rules == ReuseRules()
