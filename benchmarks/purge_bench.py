@@ -55,7 +55,7 @@ from benchmarks.processes import (  # noqa: E402
     wait_until_listening,
 )
 from edge.purge_listener import apply_purge  # noqa: E402
-from edge.store import Entry, Store, TaggedEntry  # noqa: E402
+from edge.store import Entry, Store  # noqa: E402
 from purge_api.log import Purge, after  # noqa: E402
 
 TOKEN = "bench-token"
@@ -72,13 +72,23 @@ BODY_SIZE = 100
 HEADER_BYTES = 200  # what the store is told the stored headers weigh; no header objects are built here
 
 
-class BenchEntry(TaggedEntry):
+class BenchEntry(Entry):
     """An entry the store charges HEADER_BYTES of header fields for, without keeping any."""
 
     __slots__ = ()
 
     def fields_size(self) -> int:
         return HEADER_BYTES
+
+
+class TaggedBenchEntry(BenchEntry):
+    """Tagged `products` and `product-<n>`, read from its key as the edge's entries read theirs from their fields."""
+
+    __slots__ = ()
+
+    @property
+    def tags(self) -> tuple[str, str]:
+        return "products", "product-" + self.key.rpartition("/")[2]
 
 GOAL_P99_MS = 50.0
 GOAL_PURGES_PER_S = 1000.0
@@ -501,8 +511,8 @@ def make_entries(count: int, tagged: bool) -> list[Entry]:
         url = f"shop.example/api/products/{i}"
         body = f"product {i} ".encode().ljust(BODY_SIZE, b".")
         if tagged:
-            entries.append(BenchEntry(key=url, body=body, tags=("products", f"product-{i}")))
-        else:  # the field's shared default: no tags of its own
+            entries.append(TaggedBenchEntry(key=url, body=body))
+        else:
             entries.append(BenchEntry(key=url, body=body))
     return entries
 
@@ -564,8 +574,7 @@ def measure_apply(rounds: int) -> dict[str, list[float]]:
 class Memory:
     """Bytes per object, from tracemalloc."""
 
-    entries_plain: float  # Entry objects with key and body, no tags
-    entry_tags: float  # what the two tags add to each Entry (a tuple and the unique tag; the edge's read theirs from their fields)
+    entries_plain: float  # Entry objects with key and body (tagged ones hold no more: they read their tags)
     store_plain: float  # the store's bookkeeping (the dict of entries, URL index) for untagged entries
     store_tagged: float  # the same for entries with two tags each
 
@@ -585,7 +594,7 @@ def measure_memory() -> Memory:
             return (tracemalloc.get_traced_memory()[0] - before) / OBJECTS, built
 
         entries_plain, plain = traced(lambda: make_entries(OBJECTS, tagged=False))
-        entries_tagged, tagged = traced(lambda: make_entries(OBJECTS, tagged=True))
+        _, tagged = traced(lambda: make_entries(OBJECTS, tagged=True))
 
         def filled(entries: list[Entry]) -> Store:
             store = new_store()
@@ -599,7 +608,7 @@ def measure_memory() -> Memory:
             raise BenchError("the memory stores did not keep every entry and tag")
     finally:
         tracemalloc.stop()
-    return Memory(entries_plain, entries_tagged - entries_plain, store_plain, store_tagged)
+    return Memory(entries_plain, store_plain, store_tagged)
 
 
 # -- report ---------------------------------------------------------------------
@@ -721,15 +730,13 @@ def report_memory(memory: Memory) -> None:
          f"{memory.store_tagged / memory.store_plain:.2f}"),
         ("the tag index alone (the difference)", f"{memory.tag_index:.0f}",
          f"{memory.tag_index / memory.store_plain:.2f}"),
-        ("the tags on each Entry (tuple, unique tag string)", f"{memory.entry_tags:.0f}",
-         f"{memory.entry_tags / memory.store_plain:.2f}"),
     ]
     print_table(("", "B/object", "vs untagged bookkeeping"), rows)
     not_the_entry = sys.getsizeof(bytes(BODY_SIZE)) + 8  # the body object, and the entry's slot in our list
-    real = memory.entries_plain - not_the_entry + memory.entry_tags + memory.store_tagged
+    real = memory.entries_plain - not_the_entry + memory.store_tagged
     number = OBJECTS // 2
     url = f"shop.example/api/products/{number}"  # as make_entries names it
-    charged = BenchEntry(key=url, body=b"", tags=("products", f"product-{number}")).size - HEADER_BYTES
+    charged = TaggedBenchEntry(key=url, body=b"").size - HEADER_BYTES
     print(f"  everything per entry but the body (Entry, key, tags, LRU, indexes): {real:.0f} B; the store charges "
           f"ENTRY_OVERHEAD + the key's length + TAG_OVERHEAD and length per tag = {charged} B for it "
           f"({real / charged:.2f}x what it charges)")
