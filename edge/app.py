@@ -828,9 +828,8 @@ class Edge:
         for k, v in stored.items:
             if k not in UNKEPT and "\0" not in v:
                 (held if k in self._strip else wire).append((k.encode("latin-1"), v.encode("latin-1")))
-        return rfc.assess(status, stored, request_time, response_time, self.policy, Stored, key=key, body=body,
-                          status=status,
-                          fields=field_block(wire, held))
+        return rfc.assess(status, stored, request_time, response_time, self.policy, Stored,
+                          key=key, body=body, status=status, fields=field_block(wire, held))
 
     def put(self, request: ClientRequest, entry: Stored, stale: Stored | None, fetched_at: int) -> bool:
         """Store `entry` (fetched when the purge serial was `fetched_at`), replacing the variant it renews."""

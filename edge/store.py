@@ -17,10 +17,10 @@ from dataclasses import dataclass
 # What an entry costs in memory beyond its body, key text and fields, as measured through the edge's own
 # miss path (tests/test_store_memory.py keeps these at or above the real cost, memory_bench.py shows RSS):
 # per entry the Entry (the request path's Stored: freshness and fields in the same object), its key's
-# and body's object headers, its two floats of its own (response time, initial age) and its key in the
-# store's dict; per tag, its string in the tag index (the first entry to carry a tag pays for it) and
-# its key in the tag's keys. Both allow for the dicts having just grown (a dict key costs 21 to 60 bytes)
-# and for the allocator's rounding.
+# and body's object headers, its response time (a float of its own) and its key in the store's dict;
+# per tag, its string in the tag index (the first entry to carry a tag pays for it) and its key in the
+# tag's keys. Both allow for the dicts having just grown (a dict key costs 21 to 60 bytes) and for the
+# allocator's rounding.
 ENTRY_OVERHEAD = 380  # at 20,000 to 45,000 entries: 290 to 315 traced, 330 to 350 of RSS
 TAG_OVERHEAD = 120  # a tag only this entry carries: its string (49 + length) and two index keys' worth
 # Stored header fields are kept as one bytes object (BLOCK_OVERHEAD beyond its text and separators).
