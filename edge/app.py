@@ -200,14 +200,10 @@ class Stored(Entry, rfc.FreshnessRules):
     @property
     def tags(self) -> frozenset[str]:
         """Its surrogate keys (`Surrogate-Key`, `Cache-Tag`), read from its fields on each call."""
-        block = self.fields
-        if b"surrogate-key\0" not in block and b"cache-tag\0" not in block:
-            return NO_TAGS  # no such field (a name ending so is read in full, and yields none)
-        lines: dict[bytes, list[str]] = {b"surrogate-key": [], b"cache-tag": []}
-        for name, value in field_pairs(block):
-            if name in lines:
-                lines[name].append(value.decode("latin-1"))
-        return surrogate_keys(lines[b"surrogate-key"], lines[b"cache-tag"])
+        if b"surrogate-key\0" not in self.fields and b"cache-tag\0" not in self.fields:
+            return NO_TAGS  # no such field: the fields are not read (a name ending so is, and yields none)
+        headers = self.headers
+        return surrogate_keys(headers.get_all("surrogate-key"), headers.get_all("cache-tag"))
 
 
 # Between the fields a hit sends and those it does not, in a `field_block`: no field has an empty name.
