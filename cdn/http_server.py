@@ -16,12 +16,14 @@ and `HTTP/2.0` request lines, and appends chunked trailer fields to the request'
     response head   -> what one turn of the event loop writes goes out in one system call
                        (`CoalescingTransport`); fields the app marks as checked (`CHECKED_FIELDS`, the
                        edge's hits) are written without uvicorn checking each one again (`ResponseCycle`)
-    answers now     -> an app with an `answer_now(scope)` method (the edge: its fresh hits) answers a
+    answers now     -> an app with an `answer_now` method (the edge: its fresh hits) answers a
                        request without a body while the server parses it, with no task, cycle or
                        ASGI message, when no earlier response is still being written (`HttpProtocol.answer`)
 
-`answer_now(scope)` gets the request's scope as far as its head goes (no `state`, no `asgi`) and
-returns None (the app is called as usual) or `(status, lines, body)`: `lines` the response's
+`answer_now(method, target, fields, scope)` gets the request's method and target as they came (bytes),
+its header fields as uvicorn gives them to the app (names in lower case), and `scope`, a function that
+makes the request's scope as far as its head goes (no `state`, no `asgi`) for an app that needs more.
+It returns None (the app is called as usual) or `(status, lines, body)`: `lines` the response's
 header fields as written ("name: value\r\n" each), every one lower-case and passing
 `fields_checked` but for a Content-Length, which they hold (for HEAD, the length a GET would
 get). The server adds its default fields and, when the connection ends, `connection: close`. It is
@@ -127,12 +129,15 @@ class CoalescingTransport:
         for piece in data:
             self.write(piece)
 
-    def write_through(self, pieces: list[bytes]) -> None:
+    def write_through(self, *pieces: bytes) -> None:
         """Write `pieces` (a whole response) at once, after what is held, in one system call."""
         if self._pending:
             self.writelines(pieces)
         elif not self._transport.is_closing():
-            self._transport.writelines(pieces)
+            if len(pieces) == 1:
+                self._transport.write(pieces[0])
+            else:
+                self._transport.writelines(pieces)
 
     def flush(self) -> None:
         pending = self._pending
@@ -400,33 +405,33 @@ class HttpProtocol(HttpToolsProtocol):
         connection closed or its keep-alive timer armed. False: it goes to the app."""
         if self.answering() or self.flow.write_paused or self.transport.is_closing():
             return False
-        for name, _ in self.headers:
+        headers = self.headers
+        for name, _ in headers:
             if name in BODY_FIELDS:
                 return False
-        # What the scope uvicorn makes says of the request, as it says it.
-        method = self.parser.get_method().decode("ascii")
-        url = httptools.parse_url(self.url)
-        path = url.path.decode("ascii")
-        scope = {"type": "http", "http_version": version, "server": self.server, "client": self.client,
-                 "scheme": self.scheme, "method": method,
-                 "path": self.root_path + (urllib.parse.unquote(path) if "%" in path else path),
-                 "raw_path": self.root_path.encode("ascii") + url.path, "query_string": url.query or b"",
-                 "root_path": self.root_path, "headers": self.headers}
+        method = self.parser.get_method()
         try:
-            answer = self.answer_now(scope)
+            answer = self.answer_now(method, self.url, headers, self.answer_scope)
         except Exception:  # the app's fault, not the request's (a 400): logged, and the app called as usual
             self.logger.exception("Exception in answer_now")
             return False
         if answer is None:
             return False
         status, lines, body = answer
-        keep_alive = version != "1.0" and self.parser.should_keep_alive()
-        head = checked_head(status, self.server_state.default_headers, [lines], keep_alive)
-        if method == "HEAD":
+        if method == b"HEAD":
             body = b""
+        keep_alive = version != "1.0" and self.parser.should_keep_alive()
+        default_fields = self.server_state.default_headers
+        if keep_alive and not default_fields:  # as `checked_head` makes it, in one step
+            head = [STATUS_LINE[status], lines, b"\r\n"]
+        else:
+            head = checked_head(status, default_fields, [lines], keep_alive)
         # A large body is not copied into the head's buffer: the two go out together all the same (writev).
-        self.transport.write_through([b"".join([*head, body])] if len(body) <= JOIN_BODY_BELOW
-                                     else [b"".join(head), body])
+        if len(body) <= JOIN_BODY_BELOW:
+            head.append(body)
+            self.transport.write_through(b"".join(head))
+        else:
+            self.transport.write_through(b"".join(head), body)
         self.answered = True
         self.server_state.total_requests += 1
         if not keep_alive:
@@ -439,6 +444,17 @@ class HttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.keep_alive_expired)
             self.keep_alive_lazy = True
         return True
+
+    def answer_scope(self) -> dict[str, Any]:
+        """The scope of the request being answered now, as far as its head goes: what uvicorn would give
+        the app for it (no `state`, no `asgi`). `answer_now` asks for it only when it needs more than the
+        method, target and fields it is given."""
+        path = (url := httptools.parse_url(self.url)).path.decode("ascii")
+        return {"type": "http", "http_version": self.parser.get_http_version(), "server": self.server,
+                "client": self.client, "scheme": self.scheme, "method": self.parser.get_method().decode("ascii"),
+                "path": self.root_path + (urllib.parse.unquote(path) if "%" in path else path),
+                "raw_path": self.root_path.encode("ascii") + url.path, "query_string": url.query or b"",
+                "root_path": self.root_path, "headers": self.headers}
 
     def keep_alive_expired(self) -> None:
         """`answer`'s keep-alive timer: uvicorn's timeout, from the last answer, for a connection idle since."""

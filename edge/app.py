@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import httptools
+
 from cdn.access_log import access_logger
 from cdn.asgi import run_lifespan
 from cdn.http_server import CHECKED_FIELDS, fields_checked
@@ -240,7 +242,7 @@ class Cooked:
     and, when they and the fields a hit adds passed `fields_checked`, as the lines of a response head, with
     the lines a hit adds (Age, Cache-Status, X-Served-By) for the age and time to live they were made for."""
 
-    __slots__ = ("source", "length", "fields", "lines", "age", "ttl", "added")
+    __slots__ = ("source", "length", "fields", "lines", "age", "ttl", "head")
 
     def __init__(self, entry: Stored, fields: list[tuple[bytes, bytes]], lines: bytes | None) -> None:
         # What they were read from, all they depend on: a purged and refetched entry has other `fields`
@@ -250,7 +252,7 @@ class Cooked:
         self.fields = fields
         self.lines = lines
         self.age = self.ttl = -1
-        self.added = b""
+        self.head = b""  # `lines` and the lines a hit adds, for `age` and `ttl`
 
 
 def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -290,7 +292,7 @@ class Edge:
         self._status_id = self.id.encode()  # the first member of our Cache-Status entries
         self._hit_status = self._status_id + b"; hit; ttl="
         self._own_fields_checked = fields_checked([self._served_by, (b"cache-status", self._hit_status + b"1")])
-        self._hit_keys: dict[tuple[bytes, bytes | str, bytes | None], str] = {}
+        self._hit_keys: dict[tuple[bytes, bytes], str] = {}  # (Host, target) -> `hit_key`
         self._cooked: dict[str, Cooked] = {}  # key -> cook(key, entry)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
@@ -468,11 +470,17 @@ class Edge:
 
     async def fresh_hit(self, scope: Scope, send: Send) -> bool:
         """Send the fresh hit `fresh` finds, counted as a hit. False: the full path decides."""
-        found = self.fresh(scope)
+        host = self.hit_host(scope["headers"])
+        if host is None:
+            return False
+        path = scope.get("raw_path") or scope["path"].encode("latin-1")
+        query = scope.get("query_string")
+        key = self.hit_key(host, path + b"?" + query if query else path)
+        found = self.fresh(key) if key else None
         if found is None:
             return False
         entry, cooked, age, ttl = found
-        body = self.served(entry, scope["method"])
+        body = self.served(entry, scope["method"] == "GET")
         headers = [*cooked.fields, (b"age", b"%d" % (age if age < AGE_CAP else AGE_CAP)),
                    (b"cache-status", self._hit_status + b"%d" % ttl), self._served_by]
         start = {"type": "http.response.start", "status": entry.status, "headers": headers}
@@ -482,46 +490,59 @@ class Edge:
         await send({"type": "http.response.body", "body": body})
         return True
 
-    def answer_now(self, scope: Scope) -> tuple[int, bytes, bytes] | None:
+    def answer_now(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                   scope: Callable[[], Scope]) -> tuple[int, bytes, bytes] | None:
         """For a server that answers while it parses (`cdn.http_server`): the fresh hit `handle` would send
         for this request, as (status, its field lines, body), when the entry's fields passed `fields_checked`;
         counted and logged as a hit. None: the server runs the app as usual."""
         started = 0.0 if self.access_log is None else time.perf_counter()
-        if (scope["method"] not in ("GET", "HEAD") or scope["path"].startswith("/_edge/")
-                or not self.shield.admits_all_on_receive() or not self.shield.within_sizes(scope)):
+        if (method != b"GET" and method != b"HEAD") or not self.shield.admits_all_on_receive():
             return None
-        found = self.fresh(scope)
-        if found is None or found[1].lines is None:
+        host = self.hit_host(headers)
+        if host is None:
+            return None
+        key = self._hit_keys.get((host, target))  # hit_key's first step, inline: the rest is for targets new to it
+        if key is None:
+            key = self.hit_key(host, target)
+        found = self.fresh(key) if key else None
+        if found is None:
             return None
         entry, cooked, age, ttl = found
+        if cooked.lines is None:
+            return None
         age, ttl = int(age if age < AGE_CAP else AGE_CAP), int(ttl)
         if cooked.age != age or cooked.ttl != ttl:  # the lines a hit adds change once a second at most
             cooked.age, cooked.ttl = age, ttl
-            cooked.added = b"age: %d\r\ncache-status: %s%d\r\n%s" % (age, self._hit_status, ttl, self._served_by_line)
-        body = self.served(entry, scope["method"])
+            cooked.head = cooked.lines + b"age: %d\r\ncache-status: %s%d\r\n%s" % (
+                age, self._hit_status, ttl, self._served_by_line)
+        body = self.served(entry, method == b"GET")
         counters = self.counters  # which hits took the quickest way (operators see a setting that stops it)
         counters["hit_while_parsing"] = counters.get("hit_while_parsing", 0) + 1
         if self.access_log is not None:
-            self.log_access(scope, entry.status, f"hit; ttl={ttl}", len(body), started)
-        return entry.status, cooked.lines + cooked.added, body
+            self.log_access(scope(), entry.status, f"hit; ttl={ttl}", len(body), started)
+        return entry.status, cooked.head, body
 
-    def fresh(self, scope: Scope) -> tuple[Stored, Cooked, float, float] | None:
-        """The commonest answer, found without building the request: a GET or HEAD with no field that could
-        change it (HIT_SENSITIVE) for a fresh entry stored without Vary, as (the entry, its `cook`, its age,
-        its time to live). None: the full path decides."""
+    def hit_host(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The Host of a request the fast hit path may answer: one Host, no field that could change the
+        answer (HIT_SENSITIVE), and fields within the shield's size limits. None: the full path decides."""
         host = None
-        for name, value in scope["headers"]:
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
             if name == b"host":
                 if host is not None:
                     return None
                 host = value
             elif name in HIT_SENSITIVE:
                 return None
-        if host is None:
+        sizes = self.shield.sizes
+        if size > sizes.max_bytes or len(headers) > sizes.max_count:
             return None
-        key = self.hit_key(host, scope)
-        if key is None:
-            return None  # the full path refuses it
+        return host
+
+    def fresh(self, key: str) -> tuple[Stored, Cooked, float, float] | None:
+        """The commonest answer, found without building the request: a fresh entry stored under `key` without
+        Vary, as (the entry, its `cook`, its age, its time to live). None: the full path decides."""
         entry = self.store.only_variant(key)
         if entry is None:
             return None
@@ -536,12 +557,12 @@ class Edge:
             cooked = self.cook(key, entry)
         return entry, cooked, age, ttl
 
-    def served(self, entry: Stored, method: str) -> bytes:
-        """The body a fresh hit sends for `method`; the entry is touched and the hit counted."""
+    def served(self, entry: Stored, get: bool) -> bytes:
+        """The body a fresh hit sends (a GET's; none for HEAD); the entry is touched and the hit counted."""
         self.store.touch(entry)
         counters = self.counters
         counters["hit"] = counters.get("hit", 0) + 1
-        if method != "GET":
+        if not get:
             return b""
         body = entry.body
         counters["served_bytes_cache"] = counters.get("served_bytes_cache", 0) + len(body)
@@ -558,19 +579,35 @@ class Edge:
         self._cooked[key] = cooked
         return cooked
 
-    def hit_key(self, host: bytes, scope: Scope) -> str | None:
-        """The cache key of a fast-path request (None: refused), remembered for the hosts and targets seen last."""
-        raw = (host, scope.get("raw_path") or scope["path"], scope.get("query_string"))
-        key = self._hit_keys.get(raw)
+    def hit_key(self, host: bytes, target: bytes) -> str:
+        """The cache key of a fast-path request for `target` (as it came) at `host`, remembered for the hosts
+        and targets seen last; "" when the fast path leaves it to the full path (which refuses it, or serves
+        it from /_edge/, or finds its target too long)."""
+        key = self._hit_keys.get((host, target))
         if key is None:
-            try:
-                key = valid_host(host.decode("latin-1"), self.settings) + request_target(scope)[0]
-            except BadRequest:
-                return None
+            key = self.target_key(host, target)
             if len(self._hit_keys) >= HIT_KEYS:
                 self._hit_keys.clear()  # a flood of distinct targets costs at most one rebuild per HIT_KEYS
-            self._hit_keys[raw] = key
+            self._hit_keys[host, target] = key
         return key
+
+    def target_key(self, host: bytes, target: bytes) -> str:
+        """`hit_key` for a target new to it: what the full path keys the request by, read as uvicorn reads it."""
+        if len(target) > self.shield.sizes.max_target:
+            return ""
+        try:
+            url = httptools.parse_url(target)
+            path = url.path.decode("ascii")  # as uvicorn decodes it (a request it cannot decode gets its 400)
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return ""
+        decoded = unquote(path) if "%" in path else path
+        if decoded.startswith("/_edge/"):
+            return ""
+        try:
+            return valid_host(host.decode("latin-1"), self.settings) + request_target(
+                {"path": decoded, "raw_path": url.path, "query_string": url.query or b""})[0]
+        except BadRequest:
+            return ""
 
     async def shield_caught_up(self, request: ClientRequest) -> bool:
         """As a parent: have we applied every purge the child asking us has? Wait a little if not."""

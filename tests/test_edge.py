@@ -91,21 +91,22 @@ def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, met
 def test_the_fast_path_keys_each_host_and_target_apart_and_refuses_what_the_full_path_refuses() -> None:
     edge = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t", allowed_hosts=["a.example", "b.example"]))
 
-    def key(host: bytes, raw_path: bytes | None, query: bytes = b"", path: str = "/") -> str | None:
-        return edge.hit_key(host, {"path": path, "raw_path": raw_path, "query_string": query})
-
+    key = edge.hit_key
     assert key(b"A.example", b"/x") == "a.example/x"  # Host is case-insensitive (RFC 9110 §7.2)
     assert key(b"b.example", b"/x") == "b.example/x"
-    assert key(b"a.example", b"/x", b"v=2") == "a.example/x?v=2"
+    assert key(b"a.example", b"/x?v=2") == "a.example/x?v=2"
     assert key(b"a.example", b"/a/../x") == "a.example/x"  # keyed in normal form, as the full path does
-    assert key(b"a.example", None, path="/y") == "a.example/y"  # a server that gives no raw_path
-    assert key(b"a.example", None, path="/z") == "a.example/z"
-    assert key(b"c.example", b"/x") is None  # not served here
-    assert key(b"c.example", b"/x") is None  # and not remembered as served
+    assert key(b"a.example", b"http://b.example/y") == "a.example/y"  # absolute form: the path, as uvicorn reads it
+    assert key(b"c.example", b"/x") == ""  # not served here
+    assert key(b"c.example", b"/x") == ""  # and remembered as not
     # A NUL would make the key of a variant (URL, NUL, what Vary selects) of some other URL.
-    assert key(b"a.example", b"/x\0y") is None and key(b"a.example", b"/x", b"q=\0") is None
+    assert key(b"a.example", b"/x\0y") == "" and key(b"a.example", b"/x?q=\0") == ""
+    # The edge's own paths, however spelled, and targets the shield finds too long go the full way.
+    assert key(b"a.example", b"/_edge/stats") == "" and key(b"a.example", b"/%5Fedge/stats") == ""
+    assert key(b"a.example", b"/" + b"x" * 8192) == "" and key(b"a.example", b"/" + b"x" * 8190) != ""
+    assert key(b"a.example", "/é".encode()) == ""  # uvicorn reads paths as ASCII: it answers 400
     any_host = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t"))
-    assert any_host.hit_key(b"a.example\0x", {"path": "/", "raw_path": b"/x", "query_string": b""}) is None
+    assert any_host.hit_key(b"a.example\0x", b"/x") == ""
     for i in range(app_module.HIT_KEYS + 10):
         key(b"a.example", b"/n%d" % i)
     assert len(edge._hit_keys) <= app_module.HIT_KEYS
@@ -609,6 +610,12 @@ def hit_scope(method: str = "GET", path: str = "/f", headers: list[tuple[bytes, 
             "client": ("127.0.0.1", 1), "headers": [(b"host", b"127.0.0.1"), *headers]}
 
 
+def answered_now(edge: Edge, scope: dict[str, Any]) -> tuple[int, bytes, bytes] | None:
+    """`edge.answer_now` for the request `scope` describes, called as `cdn.http_server` calls it."""
+    target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+    return edge.answer_now(scope["method"].encode(), target, scope["headers"], lambda: scope)
+
+
 def stopped_clock(monkeypatch: pytest.MonkeyPatch, at: float) -> list[float]:
     """The edge's clock, stopped at `at`: set [0] to move it."""
     now = [at]
@@ -629,7 +636,7 @@ def test_an_answer_now_is_the_fast_hit_as_field_lines(monkeypatch: pytest.Monkey
     assert asyncio.run(edge.fresh_hit(hit_scope(method), send))
     start, body = sent
     lines = b"".join(b"%s: %s\r\n" % field for field in start["headers"])
-    assert edge.answer_now(hit_scope(method)) == (start["status"], lines, body["body"])
+    assert answered_now(edge, hit_scope(method)) == (start["status"], lines, body["body"])
     assert b"age: 5\r\n" in lines and b"cache-status: edge-t; hit; ttl=594\r\n" in lines
     assert edge.counters["hit"] == 2 and edge.counters["hit_while_parsing"] == 1
 
@@ -637,7 +644,8 @@ def test_an_answer_now_is_the_fast_hit_as_field_lines(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(("settings", "scope", "fields"), [
     ({}, hit_scope(path="/_edge/metrics"), []),
     ({}, hit_scope("POST"), []),
-    ({}, hit_scope(headers=[(b"x-big", b"x" * 40_000)]), []),  # over the shield's size limit: 431
+    ({}, hit_scope(headers=[(b"x-big", b"x" * 40_000)]), []),  # over the shield's size limits: 431
+    ({}, hit_scope(headers=[(b"x-n", b"%d" % n) for n in range(100)]), []),
     ({"shield": {"rules": [{"name": "all", "key": ["ip"], "scope": "all", "rate": 100, "burst": 100}]}},
      hit_scope(), []),  # a rule that counts every request
     ({}, hit_scope(), [(b"x-odd", b"v\x01")]),  # a stored field uvicorn would refuse to write
@@ -645,14 +653,14 @@ def test_an_answer_now_is_the_fast_hit_as_field_lines(monkeypatch: pytest.Monkey
 def test_answer_now_leaves_to_the_app_what_it_must_see(settings: dict[str, Any], scope: dict[str, Any],
                                                        fields: list[tuple[bytes, bytes]]) -> None:
     edge = edge_holding(fields, **settings)
-    assert edge.answer_now(scope) is None
+    assert answered_now(edge, scope) is None
     assert edge.counters.get("hit", 0) == 0 and not edge.shield.size_refusals  # counted where it is answered
 
 
 def test_answer_now_leaves_a_banned_client_to_the_app() -> None:
     edge = edge_holding([])
     edge.shield.penalty.bans["127.0.0.1"] = time.monotonic() + 60
-    assert edge.answer_now(hit_scope()) is None
+    assert answered_now(edge, hit_scope()) is None
 
 
 def test_the_age_an_answer_now_gives_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -661,6 +669,6 @@ def test_the_age_an_answer_now_gives_follows_the_clock(monkeypatch: pytest.Monke
     ages = []
     for step in (0.0, 0.3, 1.0, 0.2, 600):
         now[0] += step
-        answer = edge.answer_now(hit_scope())
+        answer = answered_now(edge, hit_scope())
         ages.append(None if answer is None else answer[1].split(b"age: ")[1].split(b"\r\n")[0])
     assert ages == [b"0", b"0", b"1", b"1", None]  # and no longer fresh after its ten minutes

@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -446,10 +446,12 @@ class Answering:
         self.called: list[str] = []  # paths the ASGI app was called for
         self.scopes: list[dict[str, Any]] = []  # the scopes answer_now, then the app, got
 
-    def answer_now(self, scope: dict[str, Any]) -> tuple[int, bytes, bytes] | None:
-        self.asked.append(scope["path"])
-        self.scopes.append(dict(scope, headers=list(scope["headers"])))
-        if scope["path"] != "/now":
+    def answer_now(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                   scope: Callable[[], dict[str, Any]]) -> tuple[int, bytes, bytes] | None:
+        made = scope()
+        self.asked.append(made["path"])
+        self.scopes.append(dict(made, headers=list(made["headers"]), answer_now=(method, target, list(headers))))
+        if made["path"] != "/now":
             return None
         return 200, b"".join(b"%s: %s\r\n" % field for field in self.fields), self.body  # the body even for HEAD
 
@@ -487,8 +489,10 @@ def test_answer_now_gets_the_request_as_the_app_s_scope_gives_it(target: str, ve
         exchange(port, request("GET", target, host="x", headers=[("X-A", "1"), ("Accept", "*/*")], version=version),
                  timeout=WAIT)
     asked, called = app.scopes
+    method, raw_target, headers = asked.pop("answer_now")
     assert asked == {key: called[key] for key in asked}
     assert asked["raw_path"].startswith(b"/mounted/") and asked["headers"][1] == (b"x-a", b"1")
+    assert (method, raw_target, headers) == (b"GET", target.encode(), called["headers"])  # as they came
 
 
 @pytest.mark.parametrize(("headers", "version"), [([("Connection", "close")], "HTTP/1.1"), ([], "HTTP/1.0"),
@@ -525,7 +529,7 @@ def test_nothing_is_answered_now_under_uvicorn_s_concurrency_limit() -> None:
 def test_an_answer_now_that_fails_leaves_the_request_to_the_app() -> None:
     app = Answering()
 
-    def failing(scope: dict[str, Any]) -> None:
+    def failing(*request: Any) -> None:
         raise RuntimeError("a bug in answer_now")
 
     app.answer_now = failing  # type: ignore[method-assign]
