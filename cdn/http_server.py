@@ -26,7 +26,9 @@ makes the request's scope as far as its head goes (no `state`, no `asgi`) for an
 It returns None (the app is called as usual) or `(status, lines, body)`: `lines` the response's
 header fields as written ("name: value\r\n" each), every one lower-case and passing
 `fields_checked` but for a Content-Length, which they hold (for HEAD, the length a GET would
-get). The server adds its default fields and, when the connection ends, `connection: close`. It is
+get), and `body` bytes or a `BodyFile`, which the server sends from its file with sendfile(2) when
+nothing else is waiting to be written on the connection. The server adds its default fields and,
+when the connection ends, `connection: close`. `answer_now` is
 looked up on the app uvicorn runs, so middleware hides it (the services run none), and not used
 under uvicorn's concurrency limit, which counts tasks. uvicorn's own access log (which the services
 run off: the edge logs its requests itself) does not see what is answered now.
@@ -42,7 +44,9 @@ import asyncio
 import copy
 import logging
 import logging.handlers
+import os
 import queue
+import socket
 import sys
 import time
 import types
@@ -97,6 +101,36 @@ class Refused(Exception):
         self.message = message
 
 
+class BodyFile:
+    """A response body held also in an in-memory file (memfd), which the server sends with sendfile(2):
+    the kernel hands the file's pages to the socket, where writing `data` copies it there first (on
+    loopback a fifth of what a 100 KiB answer costs the server). The file is closed when the object goes;
+    pages still on their way to a client stay until sent. OSError: no file could be made."""
+
+    __slots__ = ("data", "fd")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.fd = os.memfd_create("cdn-body", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    __del__ = close
+
+
 class CoalescingTransport:
     """A transport that sends what is written in one turn of the event loop with one system call.
 
@@ -107,7 +141,7 @@ class CoalescingTransport:
     what is held first. Everything else is the real transport's.
     """
 
-    __slots__ = ("_transport", "_loop", "_pending", "_held")
+    __slots__ = ("_transport", "_loop", "_pending", "_held", "_socket")
 
     FLUSH_AT = 64 * 1024
 
@@ -116,6 +150,10 @@ class CoalescingTransport:
         self._loop = loop
         self._pending: list[bytes] = []
         self._held = 0
+        # The socket `send_file` writes to itself: a plain TCP one (no TLS on top), else none (-1).
+        sock = transport.get_extra_info("socket")
+        plain = sock is not None and sock.type == socket.SOCK_STREAM and transport.get_extra_info("sslcontext") is None
+        self._socket = sock.fileno() if plain else -1
 
     def write(self, data: bytes) -> None:
         if not self._pending:
@@ -138,6 +176,29 @@ class CoalescingTransport:
                 self._transport.write(pieces[0])
             else:
                 self._transport.writelines(pieces)
+
+    def send_file(self, head: bytes, body: BodyFile) -> None:
+        """`write_through(head, body.data)`, but the body sent from its file with sendfile(2) when nothing is
+        waiting to go before it, here or in the real transport. What the socket does not take at once is
+        left to the real transport, as any write is."""
+        fd = self._socket
+        transport = self._transport
+        if fd < 0 or self._pending or transport.get_write_buffer_size() or transport.is_closing():
+            self.write_through(head, body.data)
+            return
+        try:
+            written = os.write(fd, head)
+        except OSError:  # the socket takes nothing now (or is broken, which the transport finds out)
+            written = 0
+        if written < len(head):
+            transport.writelines([head[written:], body.data])
+            return
+        try:
+            sent = os.sendfile(fd, body.fd, 0, len(body.data))
+        except OSError:
+            sent = 0
+        if sent < len(body.data):
+            transport.write(memoryview(body.data)[sent:])
 
     def flush(self) -> None:
         pending = self._pending
@@ -418,19 +479,20 @@ class HttpProtocol(HttpToolsProtocol):
         if answer is None:
             return False
         status, lines, body = answer
-        if method == b"HEAD":
-            body = b""
         keep_alive = version != "1.0" and self.parser.should_keep_alive()
         default_fields = self.server_state.default_headers
         if keep_alive and not default_fields:  # as `checked_head` makes it, in one step
             head = [STATUS_LINE[status], lines, b"\r\n"]
         else:
             head = checked_head(status, default_fields, [lines], keep_alive)
-        # A large body is not copied into the head's buffer: the two go out together all the same (writev).
-        if len(body) <= JOIN_BODY_BELOW:
+        if method == b"HEAD":
+            self.transport.write_through(b"".join(head))
+        elif type(body) is BodyFile:
+            self.transport.send_file(b"".join(head), body)
+        elif len(body) <= JOIN_BODY_BELOW:
             head.append(body)
             self.transport.write_through(b"".join(head))
-        else:
+        else:  # a large body is not copied into the head's buffer: the two go out together all the same (writev)
             self.transport.write_through(b"".join(head), body)
         self.answered = True
         self.server_state.total_requests += 1

@@ -27,7 +27,7 @@ import httptools
 
 from cdn.access_log import access_logger
 from cdn.asgi import run_lifespan
-from cdn.http_server import CHECKED_FIELDS, fields_checked
+from cdn.http_server import CHECKED_FIELDS, BodyFile, fields_checked
 from edge import policy as rfc
 from edge.headers import (
     NO_TAGS,
@@ -92,6 +92,7 @@ UNKEPT = frozenset({"content-length", "age"})  # stored fields an entry does not
 HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
 AGE_CAP = 2**31  # the largest Age sent (RFC 9111 §1.2.2)
 COOKED = 1024  # entries whose delivery fields the fast hit path keeps read as pairs (the last ones hit)
+FILED_FROM = 64 * 1024  # bodies at least this large that the fast path sends from a file (`BodyFile`)
 
 
 class BadRequest(Exception):
@@ -242,7 +243,7 @@ class Cooked:
     and, when they and the fields a hit adds passed `fields_checked`, as the lines of a response head, with
     the lines a hit adds (Age, Cache-Status, X-Served-By) for the age and time to live they were made for."""
 
-    __slots__ = ("source", "length", "fields", "lines", "age", "ttl", "head")
+    __slots__ = ("source", "length", "fields", "lines", "age", "ttl", "head", "file")
 
     def __init__(self, entry: Stored, fields: list[tuple[bytes, bytes]], lines: bytes | None) -> None:
         # What they were read from, all they depend on: a purged and refetched entry has other `fields`
@@ -253,6 +254,7 @@ class Cooked:
         self.lines = lines
         self.age = self.ttl = -1
         self.head = b""  # `lines` and the lines a hit adds, for `age` and `ttl`
+        self.file: BodyFile | None = None  # the body in a file, for a large one while `Edge.filed` allows
 
 
 def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -294,6 +296,8 @@ class Edge:
         self._own_fields_checked = fields_checked([self._served_by, (b"cache-status", self._hit_status + b"1")])
         self._hit_keys: dict[tuple[bytes, bytes], str] = {}  # (Host, target) -> `hit_key`
         self._cooked: dict[str, Cooked] = {}  # key -> cook(key, entry)
+        self.filed = 0  # bytes of the bodies `_cooked` holds in files, at most:
+        self.file_budget = min(settings.sendfile_bytes, settings.cache_size // 16)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
         self.metrics = EdgeMetrics(self)
@@ -520,7 +524,7 @@ class Edge:
         counters["hit_while_parsing"] = counters.get("hit_while_parsing", 0) + 1
         if self.access_log is not None:
             self.log_access(scope(), entry.status, f"hit; ttl={ttl}", len(body), started)
-        return entry.status, cooked.head, body
+        return entry.status, cooked.head, cooked.file if cooked.file is not None and body else body
 
     def hit_host(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
         """The Host of a request the fast hit path may answer: one Host, no field that could change the
@@ -553,7 +557,8 @@ class Edge:
         if ttl <= 0 or entry.rules.no_cache or entry.soft_purged:  # stored under its URL: no Vary
             return None
         cooked = self._cooked.get(key)
-        if cooked is None or cooked.source is not entry.fields or cooked.length != len(entry.body):
+        if (cooked is None or cooked.source is not entry.fields or cooked.length != len(entry.body)
+                or (cooked.file is not None and cooked.file.data is not entry.body)):
             cooked = self.cook(key, entry)
         return entry, cooked, age, ttl
 
@@ -574,8 +579,21 @@ class Edge:
         fields = [*wire, (b"content-length", b"%d" % len(entry.body))]
         checked = self._own_fields_checked and fields_checked(wire)
         cooked = Cooked(entry, fields, b"".join(b"%s: %s\r\n" % field for field in fields) if checked else None)
-        if len(self._cooked) >= COOKED:
-            del self._cooked[next(iter(self._cooked))]  # the longest kept
+        old = self._cooked.pop(key, None)
+        if old is None and len(self._cooked) >= COOKED:
+            old = self._cooked.pop(next(iter(self._cooked)))  # the longest kept
+        if old is not None and old.file is not None:
+            self.filed -= len(old.file)
+            old.file.close()
+        size = len(entry.body)
+        if checked and size >= FILED_FROM and self.filed + size <= self.file_budget:
+            try:
+                cooked.file = BodyFile(entry.body)
+            except OSError as exc:  # no memfd here, or out of file descriptors: sent from memory
+                self.count("body_file_failed")
+                log.warning("no file for a body of %d bytes (%s): sent from memory", size, exc)
+            else:
+                self.filed += size
         self._cooked[key] = cooked
         return cooked
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cdn.http_server import CHECKED_FIELDS
+from cdn.http_server import CHECKED_FIELDS, BodyFile
 from edge import app as app_module
 from edge.app import ClientRequest, Edge, create_app
 from edge.headers import Headers
@@ -69,15 +70,17 @@ def test_miss_then_hit_serves_from_cache_with_age_and_cache_status(rig: Rig) -> 
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-@pytest.mark.parametrize("status", [200, 404])
-def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, method: str, status: int) -> None:
+@pytest.mark.parametrize(("status", "size"), [(200, 8), (404, 8), (200, app_module.FILED_FROM + 1)])
+def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, method: str, status: int,
+                                                                   size: int) -> None:
     # A plain request takes the edge's fast hit path; a CDN-Loop field naming another edge changes
     # nothing but sends the request down the full path: both must give the same answer.
     rig.origin.route("/same", Answer(status=status, headers=[("Cache-Control", "max-age=600"), ("ETag", '"v"')],
-                                     body=b"the same"))
+                                     body=os.urandom(size)))
     rig.get("/same")
     plain = rig.client.request(method, rig.url + "/same")
     assert rig.edge.counters["hit_while_parsing"] == 1  # answered by the server as it parsed the request
+    assert rig.edge.filed == (size if size >= app_module.FILED_FROM else 0)  # a large body sent from a file
     full = rig.client.request(method, rig.url + "/same", headers={"CDN-Loop": "another-edge"})
     assert "hit" in status_of(plain) and "hit" in status_of(full)
     assert (plain.status_code, plain.content) == (full.status_code, full.content)
@@ -661,6 +664,32 @@ def test_answer_now_leaves_a_banned_client_to_the_app() -> None:
     edge = edge_holding([])
     edge.shield.penalty.bans["127.0.0.1"] = time.monotonic() + 60
     assert answered_now(edge, hit_scope()) is None
+
+
+def test_large_bodies_are_answered_from_files_within_the_edge_s_budget() -> None:
+    size = app_module.FILED_FROM
+    edge = edge_holding([], body=b"a" * size, sendfile_bytes=size)
+
+    def hold(path: str, body: bytes) -> None:
+        request = ClientRequest.from_scope(hit_scope(path=path), edge.settings)
+        stored = Headers.from_raw([(b"cache-control", b"max-age=600")])
+        assert edge.put(request, edge.make_entry(request, 200, stored, body, time.time(), time.time()), None, 0)
+
+    def body_of(path: str) -> bytes | BodyFile:
+        answer = answered_now(edge, hit_scope(path=path))
+        assert answer is not None
+        return answer[2]
+
+    first = body_of("/f")
+    assert isinstance(first, BodyFile) and first.data == b"a" * size and edge.filed == size
+    assert body_of("/f") is first and answered_now(edge, hit_scope("HEAD"))[2] == b""  # type: ignore[index]
+    hold("/g", b"g" * size)
+    assert body_of("/g") == b"g" * size and edge.filed == size  # over the budget: sent from memory
+    hold("/f", b"b" * size)  # a new body for /f: its file goes, and one with the new body comes
+    second = body_of("/f")
+    assert isinstance(second, BodyFile) and second.data == b"b" * size and first.fd == -1 and edge.filed == size
+    hold("/f", b"c" * (size - 1))  # below FILED_FROM: from memory, and the budget is free again
+    assert body_of("/f") == b"c" * (size - 1) and second.fd == -1 and edge.filed == 0
 
 
 def test_the_age_an_answer_now_gives_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:

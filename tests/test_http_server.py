@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from cdn.http_server import (
     CHECKED_FIELDS,
+    BodyFile,
     JOIN_BODY_BELOW,
     MAX_HEAD_BYTES,
     ClientLimits,
@@ -310,8 +312,8 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
-    def get_extra_info(self, name: str) -> str:
-        return f"info {name}"
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return None if name in ("socket", "sslcontext") else f"info {name}"  # as a transport on no socket
 
 
 async def test_writes_in_one_turn_of_the_loop_go_out_as_one_in_order() -> None:
@@ -326,6 +328,66 @@ async def test_writes_in_one_turn_of_the_loop_go_out_as_one_in_order() -> None:
     transport.close()  # what is held goes first
     assert real.writes[-1] == [b"next"] and real.closed
     assert transport.get_extra_info("peername") == "info peername"
+
+
+@contextlib.contextmanager
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two ends of a loopback TCP connection: (the server's, the client's)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with server, client:
+        yield server, client
+
+
+async def received(sock: socket.socket, size: int) -> bytes:
+    sock.setblocking(False)
+    data = bytearray()
+    while len(data) < size:
+        data += await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 1 << 16), WAIT)
+    return bytes(data)
+
+
+async def test_a_body_file_is_sent_with_sendfile_in_order_and_whole_when_the_socket_takes_part(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[int] = []
+
+    def sendfile(out: int, fd: int, offset: int, count: int) -> int:
+        sent.append(done := real_sendfile(out, fd, offset, count))
+        return done
+
+    real_sendfile = os.sendfile
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    loop = asyncio.get_running_loop()
+    body = os.urandom(1 << 20)
+    file = BodyFile(body)
+    with tcp_pair() as (ours, theirs):
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # it takes a part of the body at once
+        real, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        transport = CoalescingTransport(real, loop)
+        transport.send_file(b"head 1 ", file)  # the file, then the rest from memory through the transport
+        transport.write(b"held ")
+        transport.send_file(b"head 2 ", file)  # the transport has some still to write: from memory, after it
+        expected = b"head 1 " + body + b"held head 2 " + body
+        assert await received(theirs, len(expected)) == expected
+        real.close()
+    assert len(sent) == 1 and 0 < sent[0] < len(body)
+
+
+async def test_a_body_file_is_written_from_memory_on_a_transport_with_no_socket() -> None:
+    real = FakeTransport()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.send_file(b"head ", BodyFile(b"body"))
+    assert real.writes == [[b"head ", b"body"]]
+
+
+def test_a_body_file_holds_the_body_and_closes_its_file() -> None:
+    file = BodyFile(b"x" * 100_000)
+    assert os.pread(file.fd, 200_000, 0) == file.data and len(file) == 100_000
+    fd = file.fd
+    del file
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 async def test_a_large_write_goes_at_once_so_flow_control_sees_it() -> None:
