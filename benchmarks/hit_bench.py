@@ -166,6 +166,11 @@ def edge_without_shield(port: int, origin: str, scratch: Path) -> list[str]:
     return [*edge(port, origin, scratch), "--shield", '{"enabled": false}']
 
 
+def edge_without_body_files(port: int, origin: str, scratch: Path) -> list[str]:
+    """The same edge sending every body from memory: what sendfile(2) saves a large hit."""
+    return [*edge(port, origin, scratch), "--sendfile-bytes", "0"]
+
+
 # The shield's default origin rule (20 origin-bound requests/s per client IP) would refuse `--miss`'s
 # unique URLs with 429; with its limit out of reach, the shield's decision stays on the miss path.
 MISS_SHIELD = '{"rules": [{"name": "origin", "key": ["ip"], "scope": "origin", "rate": 1000000, "burst": 1000000}]}'
@@ -217,6 +222,7 @@ TARGETS = (
     Target("bare ASGI, uvicorn", bare_asgi_on_cdn_uvicorn, server="uvicorn"),
     EDGE,
     Target("edge, uvicorn, shield off", edge_without_shield, is_hit=edge_hit, server="uvicorn", cached=True),
+    Target("edge, uvicorn, sendfile off", edge_without_body_files, is_hit=edge_hit, server="uvicorn", cached=True),
     Target("bare ASGI, granian", bare_asgi_on_granian, server="granian"),
     EDGE_GRANIAN,
 )
