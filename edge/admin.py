@@ -59,7 +59,7 @@ def build_admin(edge: Edge) -> Starlette:
             "counters": edge.counters,
             "store": {"objects": len(edge.store), "bytes": edge.store.size, "capacity": edge.store.capacity,
                       "tags": edge.store.tag_count(), "evictions": edge.store.evictions,
-                      "in_files": edge.filed},  # bodies also held in files for sendfile (settings.sendfile_bytes)
+                      "in_files": edge.file_bytes},  # bodies also held in files for sendfile (`sendfile_bytes`)
             # What a leak would grow: compared before and after a soak (benchmarks/soak.py). `tasks`
             # includes the one answering this request.
             "tasks": len(asyncio.all_tasks()),

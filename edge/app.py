@@ -241,7 +241,8 @@ def delivered_and_held(block: bytes) -> tuple[list[tuple[bytes, bytes]], list[tu
 class Cooked:
     """An entry's delivery fields read once for the fast hit path (`Edge.cook`): as pairs with its Content-Length,
     and, when they and the fields a hit adds passed `fields_checked`, as the lines of a response head, with
-    the lines a hit adds (Age, Cache-Status, X-Served-By) for the age and time to live they were made for."""
+    the lines a hit adds (Age, Cache-Status, X-Served-By) for the age and time to live they were made for;
+    then a body of FILED_FROM bytes or more may be held in a file too, which the server sends with sendfile."""
 
     __slots__ = ("source", "length", "fields", "lines", "age", "ttl", "head", "file")
 
@@ -254,7 +255,7 @@ class Cooked:
         self.lines = lines
         self.age = self.ttl = -1
         self.head = b""  # `lines` and the lines a hit adds, for `age` and `ttl`
-        self.file: BodyFile | None = None  # the body in a file, for a large one while `Edge.filed` allows
+        self.file: BodyFile | None = None  # a large body in a file, while `Edge.file_budget` allows
 
 
 def _plain(status: int, message: str, extra: list[tuple[bytes, bytes]] = ()) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -296,7 +297,7 @@ class Edge:
         self._own_fields_checked = fields_checked([self._served_by, (b"cache-status", self._hit_status + b"1")])
         self._hit_keys: dict[tuple[bytes, bytes], str] = {}  # (Host, target) -> `hit_key`
         self._cooked: dict[str, Cooked] = {}  # key -> cook(key, entry)
-        self.filed = 0  # bytes of the bodies `_cooked` holds in files, at most:
+        self.file_bytes = 0  # bytes of the bodies `_cooked` holds in files (`BodyFile`), at most:
         self.file_budget = min(settings.sendfile_bytes, settings.cache_size // 16)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
@@ -495,10 +496,10 @@ class Edge:
         return True
 
     def answer_now(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                   scope: Callable[[], Scope]) -> tuple[int, bytes, bytes] | None:
+                   scope: Callable[[], Scope]) -> tuple[int, bytes, bytes | BodyFile] | None:
         """For a server that answers while it parses (`cdn.http_server`): the fresh hit `handle` would send
-        for this request, as (status, its field lines, body), when the entry's fields passed `fields_checked`;
-        counted and logged as a hit. None: the server runs the app as usual."""
+        for this request, as (status, its field lines, body or the body's file), when the entry's fields
+        passed `fields_checked`; counted and logged as a hit. None: the server runs the app as usual."""
         started = 0.0 if self.access_log is None else time.perf_counter()
         if (method != b"GET" and method != b"HEAD") or not self.shield.admits_all_on_receive():
             return None
@@ -583,17 +584,17 @@ class Edge:
         if old is None and len(self._cooked) >= COOKED:
             old = self._cooked.pop(next(iter(self._cooked)))  # the longest kept
         if old is not None and old.file is not None:
-            self.filed -= len(old.file)
+            self.file_bytes -= len(old.file)
             old.file.close()
         size = len(entry.body)
-        if checked and size >= FILED_FROM and self.filed + size <= self.file_budget:
+        if checked and size >= FILED_FROM and self.file_bytes + size <= self.file_budget:
             try:
                 cooked.file = BodyFile(entry.body)
             except OSError as exc:  # no memfd here, or out of file descriptors: sent from memory
                 self.count("body_file_failed")
                 log.warning("no file for a body of %d bytes (%s): sent from memory", size, exc)
             else:
-                self.filed += size
+                self.file_bytes += size
         self._cooked[key] = cooked
         return cooked
 

@@ -80,7 +80,7 @@ def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, met
     rig.get("/same")
     plain = rig.client.request(method, rig.url + "/same")
     assert rig.edge.counters["hit_while_parsing"] == 1  # answered by the server as it parsed the request
-    assert rig.edge.filed == (size if size >= app_module.FILED_FROM else 0)  # a large body sent from a file
+    assert rig.edge.file_bytes == (size if size >= app_module.FILED_FROM else 0)  # a large body sent from a file
     full = rig.client.request(method, rig.url + "/same", headers={"CDN-Loop": "another-edge"})
     assert "hit" in status_of(plain) and "hit" in status_of(full)
     assert (plain.status_code, plain.content) == (full.status_code, full.content)
@@ -613,7 +613,7 @@ def hit_scope(method: str = "GET", path: str = "/f", headers: list[tuple[bytes, 
             "client": ("127.0.0.1", 1), "headers": [(b"host", b"127.0.0.1"), *headers]}
 
 
-def answered_now(edge: Edge, scope: dict[str, Any]) -> tuple[int, bytes, bytes] | None:
+def answered_now(edge: Edge, scope: dict[str, Any]) -> tuple[int, bytes, bytes | BodyFile] | None:
     """`edge.answer_now` for the request `scope` describes, called as `cdn.http_server` calls it."""
     target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
     return edge.answer_now(scope["method"].encode(), target, scope["headers"], lambda: scope)
@@ -681,15 +681,15 @@ def test_large_bodies_are_answered_from_files_within_the_edge_s_budget() -> None
         return answer[2]
 
     first = body_of("/f")
-    assert isinstance(first, BodyFile) and first.data == b"a" * size and edge.filed == size
+    assert isinstance(first, BodyFile) and first.data == b"a" * size and edge.file_bytes == size
     assert body_of("/f") is first and answered_now(edge, hit_scope("HEAD"))[2] == b""  # type: ignore[index]
     hold("/g", b"g" * size)
-    assert body_of("/g") == b"g" * size and edge.filed == size  # over the budget: sent from memory
+    assert body_of("/g") == b"g" * size and edge.file_bytes == size  # over the budget: sent from memory
     hold("/f", b"b" * size)  # a new body for /f: its file goes, and one with the new body comes
     second = body_of("/f")
-    assert isinstance(second, BodyFile) and second.data == b"b" * size and first.fd == -1 and edge.filed == size
+    assert isinstance(second, BodyFile) and second.data == b"b" * size and first.fd == -1 and edge.file_bytes == size
     hold("/f", b"c" * (size - 1))  # below FILED_FROM: from memory, and the budget is free again
-    assert body_of("/f") == b"c" * (size - 1) and second.fd == -1 and edge.filed == 0
+    assert body_of("/f") == b"c" * (size - 1) and second.fd == -1 and edge.file_bytes == 0
 
 
 def test_the_age_an_answer_now_gives_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
