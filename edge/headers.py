@@ -100,6 +100,9 @@ def split_list(lines: Sequence[str]) -> list[str]:
     """Members of a comma-separated list field (RFC 9110 §5.6.1), commas inside quoted strings kept."""
     members: list[str] = []
     for line in lines:
+        if '"' not in line:  # no quoted string: every comma separates (what the loop below finds, faster)
+            members += [member.strip() for member in line.split(",")]
+            continue
         current: list[str] = []
         in_quotes = escaped = False
         for ch in line:
@@ -217,6 +220,7 @@ def parse_surrogate_control(lines: Sequence[str], device: str) -> Directives:
     return Directives(merged)
 
 
+@functools.lru_cache(maxsize=1024)  # a Date is the same for a second, a Last-Modified for an object's life
 def parse_http_date(value: str | None) -> float | None:
     """An HTTP-date (IMF-fixdate, RFC 850 or asctime) as a Unix time, or None if invalid."""
     if not value:
