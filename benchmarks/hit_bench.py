@@ -7,7 +7,7 @@ Varnish and the bare app, and whether the issue's goals are met. wrk, nginx and
 Varnish are installed from Debian's packages when missing. `--miss` measures
 instead what the edge adds to a cache miss, against the bare origin.
 
-    .venv/bin/python benchmarks/hit_bench.py [--quick | --duration S] [--rounds N] [--miss]
+    .venv/bin/python benchmarks/hit_bench.py [--quick | --duration S] [--rounds N] [--large] [--miss]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class BenchObject:
 
 
 OBJECTS = (BenchObject("1 KiB", 1024), BenchObject("100 KiB", 100 * 1024))
+LARGE = BenchObject("1 MiB", 1024 * 1024)  # with --large: where sending from a file matters most
 
 # (port, origin URL, scratch dir for config and logs) -> argv of a server in the foreground.
 Command = Callable[[int, str, Path], list[str]]
@@ -308,10 +309,10 @@ def serving(target: Target, origin: str, scratch: Path) -> Iterator[Service]:
         stop(server.process)
 
 
-def warm(target: Target, server: Service) -> None:
+def warm(target: Target, server: Service, objects: Sequence[BenchObject] = OBJECTS) -> None:
     """Fetch each object twice; the second answer must be the whole body and, from a cache, a hit."""
     with httpx.Client(base_url=server.url, trust_env=False, timeout=WARM_TIMEOUT) as client:
-        for obj in OBJECTS:
+        for obj in objects:
             try:
                 client.get(obj.path)
                 second = client.get(obj.path)
@@ -400,19 +401,20 @@ def run_wrk(server: Service, path: str, duration: int) -> Load:
     return parse_wrk(done.stdout, cpu)
 
 
-def measure_hits(duration: int, rounds: int, scratch: Path) -> dict[tuple[str, str], list[Load]]:
+def measure_hits(duration: int, rounds: int, scratch: Path,
+                 objects: Sequence[BenchObject] = OBJECTS) -> dict[tuple[str, str], list[Load]]:
     """wrk's results per (object label, target name), one per round; all targets run, one is loaded at a time."""
-    runs: dict[tuple[str, str], list[Load]] = {(obj.label, t.name): [] for obj in OBJECTS for t in TARGETS}
+    runs: dict[tuple[str, str], list[Load]] = {(obj.label, t.name): [] for obj in objects for t in TARGETS}
     with contextlib.ExitStack() as servers:
         origin = servers.enter_context(serving(ORIGIN, "", scratch))
         running = {target.name: servers.enter_context(serving(target, origin.url, scratch)) for target in TARGETS}
         for target in TARGETS:
-            warm(target, running[target.name])
+            warm(target, running[target.name], objects)
         # Rounds interleave the targets, so a noisy neighbour slows each of them alike; each round starts
         # one target later, so none is always the one that runs after a given other.
         for round_no in range(rounds):
             order = TARGETS[round_no % len(TARGETS):] + TARGETS[:round_no % len(TARGETS)]
-            for obj in OBJECTS:
+            for obj in objects:
                 for target in order:
                     print(f"  round {round_no + 1}/{rounds}: {target.name}, {obj.label}, {duration} s of wrk ...",
                           file=sys.stderr, flush=True)
@@ -519,7 +521,7 @@ def report_hits(runs: dict[tuple[str, str], list[Load]], duration: int, rounds: 
           f"{stack_line(load_at_start, competitors=True)}")
     print("Ratios are the median of the per-round ratios: req/s against nginx, Varnish and the bare ASGI app on "
           "the same server, and p99 against nginx's.\n")
-    rows = [hit_row(runs, obj.label, target) for obj in OBJECTS for target in TARGETS]
+    rows = [hit_row(runs, label, target) for label in dict.fromkeys(label for label, _ in runs) for target in TARGETS]
     print_table(("object", "target", "req/s", "p50 ms", "p99 ms", "CPU us/req",
                  "vs nginx", "vs Varnish", "vs bare, same server", "p99 vs nginx"), rows)
     print()
@@ -559,6 +561,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     length.add_argument("--quick", action="store_true",
                         help=f"smoke run: one round of {QUICK_DURATION} s wrk runs, {QUICK_MISS_REQUESTS} misses")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of hit runs, reported as medians (default: 3)")
+    parser.add_argument("--large", action="store_true",
+                        help=f"hits of a {LARGE.label} object too (the goals are for the others)")
     parser.add_argument("--miss", action="store_true",
                         help=f"instead of hits, the latency the edge adds to a miss ({MISS_REQUESTS} unique URLs)")
     args = parser.parse_args(argv)
@@ -591,7 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 ensure_programs(list(PACKAGES))
                 duration, rounds = (QUICK_DURATION, 1) if args.quick else (args.duration, args.rounds)
-                report_hits(measure_hits(duration, rounds, Path(scratch)), duration, rounds, load_at_start)
+                objects = (*OBJECTS, LARGE) if args.large else OBJECTS
+                report_hits(measure_hits(duration, rounds, Path(scratch), objects), duration, rounds, load_at_start)
     except (BenchError, ServiceStartError) as exc:
         print(f"hit_bench: {exc}", file=sys.stderr)
         return 1
