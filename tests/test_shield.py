@@ -491,6 +491,18 @@ async def test_fleet_limit_holds_across_three_edges_sharing_redis(redis_server: 
     assert sum(s["round_trips"] for s in stats) < 3 * seconds / 0.007 / 3  # most refusals were remembered
 
 
+async def test_a_caller_s_clock_is_not_undone_by_redis_expiring_keys_by_its_own(redis_server: RedisServer,
+                                                                                 closing: list[Shield]) -> None:
+    # On a busy machine the fake clock of a test can fall behind real time, by which Redis expires keys.
+    clock = FakeClock()
+    edges = [shield_with(rule(name="origin", rate=10, burst=1), clock=clock, redis=redis_server.url,
+                         redis_timeout=2.0, penalty={"enabled": False}) for _ in range(2)]
+    closing.extend(edges)
+    assert (await edges[0].admit("198.51.100.7", "GET", "/api", (), origin_bound=True)).allowed
+    await asyncio.sleep(0.3)  # three intervals of real time; none on the edges' clock
+    assert not (await edges[1].admit("198.51.100.7", "GET", "/api", (), origin_bound=True)).allowed
+
+
 async def test_fleet_limit_holds_in_real_time_across_two_edges(redis_server: RedisServer,
                                                                closing: list[Shield]) -> None:
     rate, burst = 20, 10

@@ -4,7 +4,9 @@ One request's decision is one EVALSHA over every fleet counter it goes to,
 all or nothing: when a counter that enforces refuses, none is charged. The
 script reads the clock of the Redis server, so edges' clocks do not matter,
 and keeps each counter's TAT under a PX expiry that ends when the counter is
-idle again. A decision made while no other is out is sent at once; those that
+idle again (given a clock of the caller's instead, as tests do, a minute
+later: Redis expires keys by its own clock, and a counter that expired early
+would admit more than the limit). A decision made while no other is out is sent at once; those that
 arrive while one is out go together as one pipeline, which changes no answer:
 every decision is still atomic in Redis. A refusal is remembered until its
 retry-after, measured from before the request was sent, so it ends no later
@@ -35,8 +37,10 @@ log = logging.getLogger("cdn.edge.shield")
 # Returns 4 integers per counter: allowed (1/0), remaining, retry-after ms, reset ms.
 GCRA_SCRIPT = """
 local now
+local linger = 0
 if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
+  linger = 60000  -- Redis expires keys by its own clock, which the caller's does not follow
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -67,7 +71,7 @@ end
 if not refused then
   for i, key in ipairs(KEYS) do
     if tats[i] then
-      redis.call('SET', key, string.format('%.3f', tats[i]), 'PX', math.max(1, math.ceil(tats[i] - now)))
+      redis.call('SET', key, string.format('%.3f', tats[i]), 'PX', math.max(1, math.ceil(tats[i] - now)) + linger)
     end
   end
 end
