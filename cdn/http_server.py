@@ -20,7 +20,8 @@ and `HTTP/2.0` request lines, and appends chunked trailer fields to the request'
                        request without a body while the server parses it, with no task, cycle or
                        ASGI message, when no earlier response is still being written (`HttpProtocol.answer`)
 
-`answer_now(method, target, fields, scope)` gets the request's method and target as they came (bytes),
+`answer_now(method, target, fields, scope)` gets the request's method and target as they came (bytes;
+not used when the server has a `root_path`, which the target does not hold),
 its header fields as uvicorn gives them to the app (names in lower case), and `scope`, a function that
 makes the request's scope as far as its head goes (no `state`, no `asgi`) for an app that needs more.
 It returns None (the app is called as usual) or `(status, lines, body)`: `lines` the response's
@@ -111,6 +112,7 @@ class BodyFile:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.fd = -1  # for `close`, should memfd_create fail
         self.fd = os.memfd_create("cdn-body", os.MFD_CLOEXEC)
         try:
             view = memoryview(data)
@@ -318,9 +320,11 @@ class HttpProtocol(HttpToolsProtocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.refusal: Refused | None = None
-        # (scope) -> (status, checked field lines with Content-Length, body) or None; not under a concurrency
-        # limit, which uvicorn enforces per task, nor behind middleware (uvicorn's trace logging)
-        self.answer_now = getattr(self.app, "answer_now", None) if self.limit_concurrency is None else None
+        # (method, target, fields, scope) -> (status, checked field lines with Content-Length, body) or None; not
+        # under a concurrency limit, which uvicorn enforces per task, nor behind middleware (uvicorn's trace
+        # logging), nor under a root_path, which the target it is given does not hold
+        self.answer_now = (getattr(self.app, "answer_now", None)
+                           if self.limit_concurrency is None and not self.root_path else None)
         self.answered = False  # the message being parsed was answered by `answer`
         self.answered_at = 0.0  # loop time of the last answer
         self.keep_alive_lazy = False  # the keep-alive timer is `answer`'s, checked when it fires, not cancelled per read
@@ -514,9 +518,8 @@ class HttpProtocol(HttpToolsProtocol):
         path = (url := httptools.parse_url(self.url)).path.decode("ascii")
         return {"type": "http", "http_version": self.parser.get_http_version(), "server": self.server,
                 "client": self.client, "scheme": self.scheme, "method": self.parser.get_method().decode("ascii"),
-                "path": self.root_path + (urllib.parse.unquote(path) if "%" in path else path),
-                "raw_path": self.root_path.encode("ascii") + url.path, "query_string": url.query or b"",
-                "root_path": self.root_path, "headers": self.headers}
+                "path": urllib.parse.unquote(path) if "%" in path else path, "raw_path": url.path,
+                "query_string": url.query or b"", "root_path": "", "headers": self.headers}
 
     def keep_alive_expired(self) -> None:
         """`answer`'s keep-alive timer: uvicorn's timeout, from the last answer, for a connection idle since."""

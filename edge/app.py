@@ -90,9 +90,12 @@ HIT_SENSITIVE = frozenset({b"cache-control", b"pragma", b"if-none-match", b"if-m
 
 UNKEPT = frozenset({"content-length", "age"})  # stored fields an entry does not keep
 HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
+HIT_KEY_BYTES = 1024  # the longest Host and target together remembered (4,096 of them: a few MiB at most)
 AGE_CAP = 2**31  # the largest Age sent (RFC 9111 §1.2.2)
 COOKED = 1024  # entries whose delivery fields the fast hit path keeps read as pairs (the last ones hit)
 FILED_FROM = 64 * 1024  # bodies at least this large that the fast path sends from a file (`BodyFile`)
+FILES = 256  # the most files held at once (each a file descriptor)
+FILES_CHECKED_EVERY = 1.0  # seconds between looks for files of bodies no longer stored (`share_files`)
 
 
 class BadRequest(Exception):
@@ -299,6 +302,7 @@ class Edge:
         self._cooked: dict[str, Cooked] = {}  # key -> cook(key, entry)
         self.file_bytes = 0  # bytes of the bodies `_cooked` holds in files (`BodyFile`), at most:
         self.file_budget = min(settings.sendfile_bytes, settings.cache_size // 16)
+        self.files = 0  # how many (at most FILES)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
         self.metrics = EdgeMetrics(self)
@@ -344,8 +348,13 @@ class Edge:
         self.metrics.gc_pauses.watch()
 
     async def sweep_forever(self) -> None:
-        """Delete what tag purges removed, a few hundred entries at a time, between requests."""
+        """Delete what tag purges removed, a few hundred entries at a time, between requests; now and then
+        share the files for large bodies anew (`share_files`)."""
+        shared = time.monotonic()
         while True:
+            if time.monotonic() - shared >= FILES_CHECKED_EVERY:
+                self.share_files()
+                shared = time.monotonic()
             await asyncio.sleep(0 if self.store.sweep(250) else 0.05)
 
     async def stop(self) -> None:
@@ -478,7 +487,9 @@ class Edge:
         host = self.hit_host(scope["headers"])
         if host is None:
             return False
-        path = scope.get("raw_path") or scope["path"].encode("latin-1")
+        path = scope.get("raw_path")
+        if path is None:
+            return False  # a server that gives no raw_path: the path it gives is decoded, no target to key
         query = scope.get("query_string")
         key = self.hit_key(host, path + b"?" + query if query else path)
         found = self.fresh(key) if key else None
@@ -506,9 +517,9 @@ class Edge:
         host = self.hit_host(headers)
         if host is None:
             return None
-        key = self._hit_keys.get((host, target))  # hit_key's first step, inline: the rest is for targets new to it
+        key = self._hit_keys.get((host, target))  # `hit_key`, its first step inline
         if key is None:
-            key = self.hit_key(host, target)
+            key = self.new_hit_key(host, target)
         found = self.fresh(key) if key else None
         if found is None:
             return None
@@ -580,45 +591,80 @@ class Edge:
         fields = [*wire, (b"content-length", b"%d" % len(entry.body))]
         checked = self._own_fields_checked and fields_checked(wire)
         cooked = Cooked(entry, fields, b"".join(b"%s: %s\r\n" % field for field in fields) if checked else None)
-        old = self._cooked.pop(key, None)
-        if old is None and len(self._cooked) >= COOKED:
-            old = self._cooked.pop(next(iter(self._cooked)))  # the longest kept
-        if old is not None and old.file is not None:
-            self.file_bytes -= len(old.file)
-            old.file.close()
-        size = len(entry.body)
-        if checked and size >= FILED_FROM and self.file_bytes + size <= self.file_budget:
-            try:
-                cooked.file = BodyFile(entry.body)
-            except OSError as exc:  # no memfd here, or out of file descriptors: sent from memory
-                self.count("body_file_failed")
-                log.warning("no file for a body of %d bytes (%s): sent from memory", size, exc)
-            else:
-                self.file_bytes += size
+        self.uncook(key)
+        if len(self._cooked) >= COOKED:
+            self.uncook(next(iter(self._cooked)))  # the longest kept
+        self.give_file(cooked, entry.body)
         self._cooked[key] = cooked
         return cooked
+
+    def give_file(self, cooked: Cooked, body: bytes) -> None:
+        """Hold a large `body` in a file for `cooked` (whose lines the server writes), while the budget allows."""
+        size = len(body)
+        if (cooked.lines is None or size < FILED_FROM or self.file_bytes + size > self.file_budget
+                or self.files >= FILES):
+            return
+        try:
+            cooked.file = BodyFile(body)
+        except OSError as exc:  # no memfd here, or out of file descriptors: sent from memory
+            if not self.counters.get("body_file_failed"):
+                log.warning("no file for a body of %d bytes (%s): large bodies are sent from memory", size, exc)
+            self.count("body_file_failed")
+        else:
+            self.file_bytes += size
+            self.files += 1
+
+    def uncook(self, key: str) -> None:
+        """Forget `cook`'s record for `key`, closing its file."""
+        cooked = self._cooked.pop(key, None)
+        if cooked is not None and cooked.file is not None:
+            self.file_bytes -= len(cooked.file)
+            self.files -= 1
+            cooked.file.close()
+
+    def share_files(self) -> None:
+        """Close the files of bodies no longer stored under their key (purged, evicted, replaced), and give
+        the budget that frees to the large bodies served last that have none; every FILES_CHECKED_EVERY s."""
+        stored = self.store.peek
+        for key in [key for key, cooked in self._cooked.items()
+                    if cooked.file is not None and getattr(stored(key), "body", None) is not cooked.file.data]:
+            self.uncook(key)
+        for key, cooked in reversed(self._cooked.items()):
+            if self.files >= FILES or self.file_bytes + FILED_FROM > self.file_budget:
+                break
+            entry = stored(key)
+            if cooked.file is None and entry is not None and cooked.source is entry.fields:
+                self.give_file(cooked, entry.body)
 
     def hit_key(self, host: bytes, target: bytes) -> str:
         """The cache key of a fast-path request for `target` (as it came) at `host`, remembered for the hosts
         and targets seen last; "" when the fast path leaves it to the full path (which refuses it, or serves
         it from /_edge/, or finds its target too long)."""
         key = self._hit_keys.get((host, target))
-        if key is None:
-            key = self.target_key(host, target)
+        return self.new_hit_key(host, target) if key is None else key
+
+    def new_hit_key(self, host: bytes, target: bytes) -> str:
+        """`hit_key` for a Host and target it does not remember: what the full path keys the request by, read
+        as uvicorn reads it; remembered unless long."""
+        key = self.target_key(host, target)
+        if len(host) + len(target) <= HIT_KEY_BYTES:
             if len(self._hit_keys) >= HIT_KEYS:
                 self._hit_keys.clear()  # a flood of distinct targets costs at most one rebuild per HIT_KEYS
             self._hit_keys[host, target] = key
         return key
 
     def target_key(self, host: bytes, target: bytes) -> str:
-        """`hit_key` for a target new to it: what the full path keys the request by, read as uvicorn reads it."""
+        """`new_hit_key`'s key, or "" for a target the full path must see."""
         if len(target) > self.shield.sizes.max_target:
             return ""
         try:
             url = httptools.parse_url(target)
-            path = url.path.decode("ascii")  # as uvicorn decodes it (a request it cannot decode gets its 400)
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+        except httptools.HttpParserInvalidURLError:
             return ""
+        # No path (an absolute form such as http://host, refused), or one uvicorn cannot read (its 400).
+        if url.path is None or not url.path.isascii():
+            return ""
+        path = url.path.decode("ascii")
         decoded = unquote(path) if "%" in path else path
         if decoded.startswith("/_edge/"):
             return ""

@@ -220,11 +220,15 @@ def parse_surrogate_control(lines: Sequence[str], device: str) -> Directives:
     return Directives(merged)
 
 
-@functools.lru_cache(maxsize=1024)  # a Date is the same for a second, a Last-Modified for an object's life
 def parse_http_date(value: str | None) -> float | None:
     """An HTTP-date (IMF-fixdate, RFC 850 or asctime) as a Unix time, or None if invalid."""
     if not value:
         return None
+    # A Date is the same for a second, a Last-Modified for an object's life: the short ones are remembered.
+    return _remembered_http_date(value) if len(value) <= 64 else _parse_http_date(value)
+
+
+def _parse_http_date(value: str) -> float | None:
     try:
         parsed = email.utils.parsedate_tz(value.strip())
     except (TypeError, ValueError, IndexError):
@@ -235,6 +239,9 @@ def parse_http_date(value: str | None) -> float | None:
         return float(email.utils.mktime_tz(parsed))
     except (OverflowError, ValueError):
         return None
+
+
+_remembered_http_date = functools.lru_cache(maxsize=1024)(_parse_http_date)
 
 
 def format_http_date(timestamp: float) -> str:

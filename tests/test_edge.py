@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,16 +71,21 @@ def test_miss_then_hit_serves_from_cache_with_age_and_cache_status(rig: Rig) -> 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize(("status", "size"), [(200, 8), (404, 8), (200, app_module.FILED_FROM + 1)])
-def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, method: str, status: int,
-                                                                   size: int) -> None:
+def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, monkeypatch: pytest.MonkeyPatch,
+                                                                   method: str, status: int, size: int) -> None:
     # A plain request takes the edge's fast hit path; a CDN-Loop field naming another edge changes
     # nothing but sends the request down the full path: both must give the same answer.
+    sent_from_files: list[int] = []
+    real_sendfile = os.sendfile
+    monkeypatch.setattr(os, "sendfile", lambda *args: sent_from_files.append(real_sendfile(*args)) or sent_from_files[-1])
     rig.origin.route("/same", Answer(status=status, headers=[("Cache-Control", "max-age=600"), ("ETag", '"v"')],
                                      body=os.urandom(size)))
     rig.get("/same")
     plain = rig.client.request(method, rig.url + "/same")
     assert rig.edge.counters["hit_while_parsing"] == 1  # answered by the server as it parsed the request
-    assert rig.edge.file_bytes == (size if size >= app_module.FILED_FROM else 0)  # a large body sent from a file
+    large = size >= app_module.FILED_FROM
+    assert rig.edge.file_bytes == (size if large else 0)  # a large body is held in a file, and sent from it
+    assert sum(sent_from_files) == (size if large and method == "GET" else 0)
     full = rig.client.request(method, rig.url + "/same", headers={"CDN-Loop": "another-edge"})
     assert "hit" in status_of(plain) and "hit" in status_of(full)
     assert (plain.status_code, plain.content) == (full.status_code, full.content)
@@ -100,6 +105,7 @@ def test_the_fast_path_keys_each_host_and_target_apart_and_refuses_what_the_full
     assert key(b"a.example", b"/x?v=2") == "a.example/x?v=2"
     assert key(b"a.example", b"/a/../x") == "a.example/x"  # keyed in normal form, as the full path does
     assert key(b"a.example", b"http://b.example/y") == "a.example/y"  # absolute form: the path, as uvicorn reads it
+    assert key(b"a.example", b"http://b.example") == ""  # no path at all: refused
     assert key(b"c.example", b"/x") == ""  # not served here
     assert key(b"c.example", b"/x") == ""  # and remembered as not
     # A NUL would make the key of a variant (URL, NUL, what Vary selects) of some other URL.
@@ -107,6 +113,7 @@ def test_the_fast_path_keys_each_host_and_target_apart_and_refuses_what_the_full
     # The edge's own paths, however spelled, and targets the shield finds too long go the full way.
     assert key(b"a.example", b"/_edge/stats") == "" and key(b"a.example", b"/%5Fedge/stats") == ""
     assert key(b"a.example", b"/" + b"x" * 8192) == "" and key(b"a.example", b"/" + b"x" * 8190) != ""
+    assert not [target for _, target in edge._hit_keys if len(target) > 1000]  # long ones are not remembered
     assert key(b"a.example", "/é".encode()) == ""  # uvicorn reads paths as ASCII: it answers 400
     any_host = create_app(EdgeSettings(origin="http://127.0.0.1:9", id="edge-t"))
     assert any_host.hit_key(b"a.example\0x", b"/x") == ""
@@ -666,30 +673,74 @@ def test_answer_now_leaves_a_banned_client_to_the_app() -> None:
     assert answered_now(edge, hit_scope()) is None
 
 
-def test_large_bodies_are_answered_from_files_within_the_edge_s_budget() -> None:
-    size = app_module.FILED_FROM
-    edge = edge_holding([], body=b"a" * size, sendfile_bytes=size)
+def test_the_asgi_fast_path_leaves_a_scope_without_raw_path_to_the_full_path() -> None:
+    edge = edge_holding([])  # a server that gives the decoded path alone: no target as it came to key
+    scope = hit_scope()
+    del scope["raw_path"]
 
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing is sent")
+
+    assert not asyncio.run(edge.fresh_hit(scope, send))
+
+
+def holding_more(edge: Edge) -> Callable[[str, bytes], None]:
+    """Stores, for `edge_holding`'s edge, `body` fresh for ten minutes for GET http://127.0.0.1`path`."""
     def hold(path: str, body: bytes) -> None:
         request = ClientRequest.from_scope(hit_scope(path=path), edge.settings)
         stored = Headers.from_raw([(b"cache-control", b"max-age=600")])
         assert edge.put(request, edge.make_entry(request, 200, stored, body, time.time(), time.time()), None, 0)
+    return hold
 
-    def body_of(path: str) -> bytes | BodyFile:
-        answer = answered_now(edge, hit_scope(path=path))
-        assert answer is not None
-        return answer[2]
 
-    first = body_of("/f")
-    assert isinstance(first, BodyFile) and first.data == b"a" * size and edge.file_bytes == size
-    assert body_of("/f") is first and answered_now(edge, hit_scope("HEAD"))[2] == b""  # type: ignore[index]
+def body_answered(edge: Edge, path: str) -> bytes | BodyFile:
+    answer = answered_now(edge, hit_scope(path=path))
+    assert answer is not None
+    return answer[2]
+
+
+@pytest.mark.parametrize("limit", ["bytes", "files"])
+def test_large_bodies_are_answered_from_files_within_the_edge_s_budget(monkeypatch: pytest.MonkeyPatch,
+                                                                       limit: str) -> None:
+    size = app_module.FILED_FROM
+    if limit == "files":
+        monkeypatch.setattr(app_module, "FILES", 1)
+    edge = edge_holding([], body=b"a" * size, sendfile_bytes=size if limit == "bytes" else 4 * size)
+    hold = holding_more(edge)
+    first = body_answered(edge, "/f")
+    assert isinstance(first, BodyFile) and first.data == b"a" * size and (edge.file_bytes, edge.files) == (size, 1)
+    assert body_answered(edge, "/f") is first and answered_now(edge, hit_scope("HEAD"))[2] == b""  # type: ignore[index]
     hold("/g", b"g" * size)
-    assert body_of("/g") == b"g" * size and edge.file_bytes == size  # over the budget: sent from memory
+    assert body_answered(edge, "/g") == b"g" * size and edge.file_bytes == size  # over the budget: from memory
     hold("/f", b"b" * size)  # a new body for /f: its file goes, and one with the new body comes
-    second = body_of("/f")
+    second = body_answered(edge, "/f")
     assert isinstance(second, BodyFile) and second.data == b"b" * size and first.fd == -1 and edge.file_bytes == size
     hold("/f", b"c" * (size - 1))  # below FILED_FROM: from memory, and the budget is free again
-    assert body_of("/f") == b"c" * (size - 1) and second.fd == -1 and edge.file_bytes == 0
+    assert body_answered(edge, "/f") == b"c" * (size - 1) and second.fd == -1 and (edge.file_bytes, edge.files) == (0, 0)
+
+
+def test_the_files_of_bodies_no_longer_stored_go_to_bodies_served_now() -> None:
+    size = app_module.FILED_FROM
+    edge = edge_holding([], body=b"a" * size, sendfile_bytes=size)
+    holding_more(edge)("/g", b"g" * size)
+    first = body_answered(edge, "/f")
+    assert isinstance(first, BodyFile) and isinstance(body_answered(edge, "/g"), bytes)  # the budget is /f's
+    edge.share_files()
+    assert first.fd >= 0  # still stored: kept
+    assert edge.store.delete("127.0.0.1/f")  # purged, say, and not asked for since
+    edge.share_files()
+    assert first.fd == -1 and edge.file_bytes == app_module.FILED_FROM  # now /g's
+    assert isinstance(body_answered(edge, "/g"), BodyFile)
+
+
+def test_a_body_with_no_file_is_answered_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memfd(name: str, flags: int = 0) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", no_memfd)
+    edge = edge_holding([], body=b"a" * app_module.FILED_FROM)
+    assert body_answered(edge, "/f") == b"a" * app_module.FILED_FROM
+    assert edge.counters["body_file_failed"] == 1 and edge.file_bytes == 0
 
 
 def test_the_age_an_answer_now_gives_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:

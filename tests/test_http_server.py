@@ -374,10 +374,14 @@ async def test_a_body_file_is_sent_with_sendfile_in_order_and_whole_when_the_soc
     assert len(sent) == 1 and 0 < sent[0] < len(body)
 
 
-async def test_a_body_file_is_written_from_memory_on_a_transport_with_no_socket() -> None:
-    real = FakeTransport()
-    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
-    transport.send_file(b"head ", BodyFile(b"body"))
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_body_file_is_written_from_memory_on_a_transport_with_no_plain_socket(tls: bool) -> None:
+    with tcp_pair() as (ours, _):
+        real = FakeTransport()
+        if tls:  # the socket under TLS: what goes into it must be encrypted, never sent from a file
+            real.get_extra_info = lambda name, default=None: {"socket": ours, "sslcontext": object()}.get(name)
+        transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+        transport.send_file(b"head ", BodyFile(b"body"))
     assert real.writes == [[b"head ", b"body"]]
 
 
@@ -544,17 +548,25 @@ def test_an_answer_now_is_written_as_uvicorn_writes_the_same_response(method: st
     assert app.called == ["/asgi"] and app.asked == ["/now", "/asgi"]
 
 
-@pytest.mark.parametrize(("target", "version"), [("/a%20b/%C3%A9?q=1&r", "HTTP/1.1"), ("/asgi?", "HTTP/1.0")])
+@pytest.mark.parametrize(("target", "version"), [("/a%20b/%C3%A9?q=1&r", "HTTP/1.1"), ("/asgi?", "HTTP/1.0"),
+                                                  ("http://y/abs?q", "HTTP/1.1")])
 def test_answer_now_gets_the_request_as_the_app_s_scope_gives_it(target: str, version: str) -> None:
     app = Answering()
-    with serving_answers(app, root_path="/mounted") as port:
+    with serving_answers(app) as port:
         exchange(port, request("GET", target, host="x", headers=[("X-A", "1"), ("Accept", "*/*")], version=version),
                  timeout=WAIT)
     asked, called = app.scopes
     method, raw_target, headers = asked.pop("answer_now")
     assert asked == {key: called[key] for key in asked}
-    assert asked["raw_path"].startswith(b"/mounted/") and asked["headers"][1] == (b"x-a", b"1")
+    assert asked["headers"][1] == (b"x-a", b"1")
     assert (method, raw_target, headers) == (b"GET", target.encode(), called["headers"])  # as they came
+
+
+def test_nothing_is_answered_now_under_a_root_path() -> None:
+    app = Answering()  # the target answer_now gets does not hold the root path the app's scope would
+    with serving_answers(app, root_path="/mounted") as port:
+        assert exchange(port, request("GET", "/now", host="x"), timeout=WAIT).status == 200
+    assert app.asked == [] and app.called == ["/mounted/now"]
 
 
 @pytest.mark.parametrize(("headers", "version"), [([("Connection", "close")], "HTTP/1.1"), ([], "HTTP/1.0"),
