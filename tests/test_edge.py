@@ -733,6 +733,18 @@ def test_the_files_of_bodies_no_longer_stored_go_to_bodies_served_now() -> None:
     assert isinstance(body_answered(edge, "/g"), BodyFile)
 
 
+def test_a_running_edge_closes_the_file_of_a_body_it_no_longer_stores(rig: Rig) -> None:
+    rig.origin.route("/big", Answer(headers=[("Cache-Control", "max-age=600")], body=b"b" * app_module.FILED_FROM))
+    rig.get("/big")
+    assert rig.get("/big").content == b"b" * app_module.FILED_FROM and rig.edge.files == 1
+    host = rig.url.removeprefix("http://")
+    assert rig.edge.store.delete(host + "/big")  # gone without a request for it since (a purge, an eviction)
+    deadline = time.monotonic() + 5 * app_module.FILES_CHECKED_EVERY
+    while rig.edge.files and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (rig.edge.files, rig.edge.file_bytes) == (0, 0)  # the sweeper's share_files closed it
+
+
 def test_a_body_with_no_file_is_answered_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_memfd(name: str, flags: int = 0) -> int:
         raise OSError(24, "Too many open files")
