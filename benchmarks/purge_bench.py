@@ -90,6 +90,7 @@ class TaggedBenchEntry(BenchEntry):
     def tags(self) -> tuple[str, str]:
         return "products", "product-" + self.key.rpartition("/")[2]
 
+
 GOAL_P99_MS = 50.0
 GOAL_PURGES_PER_S = 1000.0
 GOAL_APPLY_MS = 100.0

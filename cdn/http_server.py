@@ -484,11 +484,7 @@ class HttpProtocol(HttpToolsProtocol):
             return False
         status, lines, body = answer
         keep_alive = version != "1.0" and self.parser.should_keep_alive()
-        default_fields = self.server_state.default_headers
-        if keep_alive and not default_fields:  # as `checked_head` makes it, in one step
-            head = [STATUS_LINE[status], lines, b"\r\n"]
-        else:
-            head = checked_head(status, default_fields, [lines], keep_alive)
+        head = checked_head(status, self.server_state.default_headers, [lines], keep_alive)
         if method == b"HEAD":
             self.transport.write_through(b"".join(head))
         elif type(body) is BodyFile:
