@@ -93,7 +93,7 @@ HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
 HIT_KEY_BYTES = 1024  # the longest Host and target together remembered (4,096 of them: a few MiB at most)
 AGE_CAP = 2**31  # the largest Age sent (RFC 9111 §1.2.2)
 COOKED = 1024  # entries whose delivery fields the fast hit path keeps read as pairs (the last ones hit)
-FILED_FROM = 64 * 1024  # bodies at least this large that the fast path sends from a file (`BodyFile`)
+FILED_FROM = 512 * 1024  # bodies at least this large that the fast path sends from a file (`BodyFile`); see the README
 FILES = 256  # the most files held at once (each a file descriptor)
 FILES_CHECKED_EVERY = 1.0  # seconds between looks for files of bodies no longer stored (`share_files`)
 

@@ -36,7 +36,7 @@ class EdgeSettings(ServerSettings):
     heartbeat_interval: float = Field(1.0, gt=0, le=60, description="seconds between registry heartbeats")
     cache_size: int = Field(256 * 1024 * 1024, gt=0, description="cache capacity in bytes (bodies, headers and bookkeeping)")
     max_object_size: int = Field(16 * 1024 * 1024, gt=0, description="largest response body stored; larger ones stream through uncached")
-    sendfile_bytes: int = Field(16 * 1024 * 1024, ge=0, description="bytes of hot bodies of 64 KiB or more also held in in-memory files, which fast hits send with sendfile(2) instead of copying them; at most a sixteenth of cache_size (0: off)")
+    sendfile_bytes: int = Field(16 * 1024 * 1024, ge=0, description="bytes of hot bodies of 512 KiB or more also held in in-memory files, which fast hits send with sendfile(2) instead of copying them; at most a sixteenth of cache_size (0: off)")
     heuristic_fraction: float = Field(0.1, ge=0, le=1, description="heuristic freshness as a fraction of the time since Last-Modified")
     heuristic_max: float = Field(86400.0, ge=0, description="upper bound of heuristic freshness, seconds")
     connect_timeout: float = Field(3.0, gt=0, description="seconds to connect to the origin")
