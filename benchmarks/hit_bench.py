@@ -168,7 +168,7 @@ def edge_without_shield(port: int, origin: str, scratch: Path) -> list[str]:
 
 
 def edge_without_body_files(port: int, origin: str, scratch: Path) -> list[str]:
-    """The same edge sending every body from memory: what sendfile(2) saves a large hit."""
+    """The same edge sending every body from memory: what sendfile(2) does for a large hit."""
     return [*edge(port, origin, scratch), "--sendfile-bytes", "0"]
 
 
@@ -187,10 +187,11 @@ def edge_on_granian(port: int, origin: str, scratch: Path) -> list[str]:
     return [*edge(port, origin, scratch), "--server", "granian"]
 
 
-def nginx(port: int, origin: str, scratch: Path) -> list[str]:
+def nginx(port: int, origin: str, scratch: Path, sendfile: str = "on") -> list[str]:
     """nginx with one worker and proxy_cache (`hit_bench.nginx.conf`), everything it writes in `scratch`."""
     values = {"USER": pwd.getpwuid(os.geteuid()).pw_name, "GROUP": grp.getgrgid(os.getegid()).gr_name,
-              "SCRATCH": str(scratch), "ORIGIN": origin.removeprefix("http://"), "HOST": HOST, "PORT": str(port)}
+              "SCRATCH": str(scratch), "ORIGIN": origin.removeprefix("http://"), "HOST": HOST, "PORT": str(port),
+              "SENDFILE": sendfile}
     template = NGINX_CONF.read_text()
     if unknown := set(re.findall(r"@([A-Z]+)@", template)) - set(values):
         raise BenchError(f"{NGINX_CONF.name} has placeholders hit_bench does not fill in: {sorted(unknown)}")
@@ -199,6 +200,11 @@ def nginx(port: int, origin: str, scratch: Path) -> list[str]:
     # -e: the error log from the start (before the config is read, nginx would open /var/log/nginx/).
     return [installed("nginx"), "-p", f"{scratch}/", "-e", str(scratch / "error.log"),
             "-c", str(scratch / "nginx.conf")]
+
+
+def nginx_without_sendfile(port: int, origin: str, scratch: Path) -> list[str]:
+    """The same nginx copying every body into the socket (`sendfile off`)."""
+    return nginx(port, origin, scratch, sendfile="off")
 
 
 VARNISH_PARAMS = ("thread_pools=1",)  # the nearest Varnish comes to one worker; see VARNISH_NOTE
@@ -214,19 +220,25 @@ def varnish(port: int, origin: str, scratch: Path) -> list[str]:
 ORIGIN = Target("origin", bare_asgi)
 MISS_EDGE = Target("edge", edge_for_misses)
 NGINX = Target("nginx proxy_cache", nginx, is_hit=nginx_hit)
+# On some kernels nginx serves small cached files faster copying them than with sendfile: each object's
+# reference is whichever of the two served it faster (`fastest_nginx`).
+NGINX_COPYING = Target("nginx proxy_cache, sendfile off", nginx_without_sendfile, is_hit=nginx_hit)
 VARNISH = Target("Varnish", varnish, is_hit=varnish_hit)
 EDGE = Target("edge, uvicorn", edge, is_hit=edge_hit, server="uvicorn", cached=True)
 EDGE_GRANIAN = Target("edge, granian", edge_on_granian, is_hit=edge_hit, server="granian", cached=True)
 TARGETS = (
     NGINX,
+    NGINX_COPYING,
     VARNISH,
     Target("bare ASGI, uvicorn", bare_asgi_on_cdn_uvicorn, server="uvicorn"),
     EDGE,
     Target("edge, uvicorn, shield off", edge_without_shield, is_hit=edge_hit, server="uvicorn", cached=True),
-    Target("edge, uvicorn, sendfile off", edge_without_body_files, is_hit=edge_hit, server="uvicorn", cached=True),
     Target("bare ASGI, granian", bare_asgi_on_granian, server="granian"),
     EDGE_GRANIAN,
 )
+# With --large: the edge sending no body from a file, what sendfile(2) does for a body past FILED_FROM.
+EDGE_COPYING = Target("edge, uvicorn, sendfile off", edge_without_body_files, is_hit=edge_hit, server="uvicorn",
+                      cached=True)
 GOAL_EDGES = (EDGE, EDGE_GRANIAN)  # the edges as shipped (shield on), one per server
 
 VARNISH_NOTE = (
@@ -243,7 +255,7 @@ class Goal:
     label: str
     object_label: str
     metric: str  # "req/s" (at least `bound` times the reference's) or "p99" (at most `bound` times)
-    reference: str  # "nginx", or "bare": the bare ASGI app on the edge's own server
+    reference: str  # "nginx" (its faster config for the object), or "bare": the bare ASGI app on the edge's server
     bound: float
 
 
@@ -401,19 +413,19 @@ def run_wrk(server: Service, path: str, duration: int) -> Load:
     return parse_wrk(done.stdout, cpu)
 
 
-def measure_hits(duration: int, rounds: int, scratch: Path,
-                 objects: Sequence[BenchObject] = OBJECTS) -> dict[tuple[str, str], list[Load]]:
+def measure_hits(duration: int, rounds: int, scratch: Path, objects: Sequence[BenchObject] = OBJECTS,
+                 targets: Sequence[Target] = TARGETS) -> dict[tuple[str, str], list[Load]]:
     """wrk's results per (object label, target name), one per round; all targets run, one is loaded at a time."""
-    runs: dict[tuple[str, str], list[Load]] = {(obj.label, t.name): [] for obj in objects for t in TARGETS}
+    runs: dict[tuple[str, str], list[Load]] = {(obj.label, t.name): [] for obj in objects for t in targets}
     with contextlib.ExitStack() as servers:
         origin = servers.enter_context(serving(ORIGIN, "", scratch))
-        running = {target.name: servers.enter_context(serving(target, origin.url, scratch)) for target in TARGETS}
-        for target in TARGETS:
+        running = {target.name: servers.enter_context(serving(target, origin.url, scratch)) for target in targets}
+        for target in targets:
             warm(target, running[target.name], objects)
         # Rounds interleave the targets, so a noisy neighbour slows each of them alike; each round starts
         # one target later, so none is always the one that runs after a given other.
         for round_no in range(rounds):
-            order = TARGETS[round_no % len(TARGETS):] + TARGETS[:round_no % len(TARGETS)]
+            order = [*targets[round_no % len(targets):], *targets[:round_no % len(targets)]]
             for obj in objects:
                 for target in order:
                     print(f"  round {round_no + 1}/{rounds}: {target.name}, {obj.label}, {duration} s of wrk ...",
@@ -487,6 +499,12 @@ def bare_on(server: str | None) -> Target | None:
     return next((t for t in TARGETS if server is not None and t.server == server and not t.cached), None)
 
 
+def fastest_nginx(runs: dict[tuple[str, str], list[Load]], label: str) -> Target:
+    """The nginx config (sendfile on or off) that served the object `label` faster, by median req/s."""
+    return max((NGINX, NGINX_COPYING),
+               key=lambda target: statistics.median(load.requests_per_s for load in runs[label, target.name]))
+
+
 def hit_row(runs: dict[tuple[str, str], list[Load]], label: str, target: Target) -> tuple[str, ...]:
     """One target's medians and its ratios to nginx, Varnish and the bare app on its server ('-': not its own)."""
     loads = runs[label, target.name]
@@ -500,13 +518,13 @@ def hit_row(runs: dict[tuple[str, str], list[Load]], label: str, target: Target)
             f"{statistics.median(load.p50_ms for load in loads):.2f}",
             f"{statistics.median(load.p99_ms for load in loads):.2f}",
             f"{statistics.median(load.cpu_us for load in loads):.0f}",
-            ratio(NGINX), ratio(VARNISH), ratio(bare_on(target.server) if target.cached else None),
-            ratio(NGINX, "p99"))
+            ratio(nginx := fastest_nginx(runs, label)), ratio(VARNISH),
+            ratio(bare_on(target.server) if target.cached else None), ratio(nginx, "p99"))
 
 
 def goal_cell(runs: dict[tuple[str, str], list[Load]], goal: Goal, edge_target: Target) -> str:
     """`0.83x (0.79-0.88) met`: an edge's median ratio for a goal, its range, and whether the median meets it."""
-    reference = NGINX if goal.reference == "nginx" else bare_on(edge_target.server)
+    reference = fastest_nginx(runs, goal.object_label) if goal.reference == "nginx" else bare_on(edge_target.server)
     assert reference is not None, f"no bare ASGI target on {edge_target.server}"
     ratios = per_round_ratios(runs[goal.object_label, edge_target.name], runs[goal.object_label, reference.name],
                               goal.metric)
@@ -515,20 +533,25 @@ def goal_cell(runs: dict[tuple[str, str], list[Load]], goal: Goal, edge_target: 
     return f"{ratio_text(ratios, with_range=True)} {'met' if met else 'NOT met'}"
 
 
-def report_hits(runs: dict[tuple[str, str], list[Load]], duration: int, rounds: int, load_at_start: float) -> None:
+def report_hits(runs: dict[tuple[str, str], list[Load]], targets: Sequence[Target], duration: int, rounds: int,
+                load_at_start: float) -> None:
     """Medians over the rounds, the ratios of each target to nginx, Varnish and its bare app, and the goals."""
     print(f"\nCache hits, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{duration}s, median of {rounds} round(s); "
           f"{stack_line(load_at_start, competitors=True)}")
-    print("Ratios are the median of the per-round ratios: req/s against nginx, Varnish and the bare ASGI app on "
-          "the same server, and p99 against nginx's.\n")
-    rows = [hit_row(runs, label, target) for label in dict.fromkeys(label for label, _ in runs) for target in TARGETS]
+    labels = list(dict.fromkeys(label for label, _ in runs))
+    configs = "; ".join(f"{label}: sendfile {'off' if fastest_nginx(runs, label) is NGINX_COPYING else 'on'}"
+                        for label in labels)
+    print(textwrap.fill("Ratios are the median of the per-round ratios: req/s against nginx, Varnish and the bare "
+                        "ASGI app on the same server, and p99 against nginx's. nginx is, per object, the config "
+                        f"that served it faster ({configs}).", width=110) + "\n")
+    rows = [hit_row(runs, label, target) for label in labels for target in targets]
     print_table(("object", "target", "req/s", "p50 ms", "p99 ms", "CPU us/req",
                  "vs nginx", "vs Varnish", "vs bare, same server", "p99 vs nginx"), rows)
     print()
     print_table(("goal (median of the per-round ratios, range)", *(t.name for t in GOAL_EDGES)),
                 [(goal.label, *(goal_cell(runs, goal, t) for t in GOAL_EDGES)) for goal in GOALS], text_columns=1)
     print(f"\nnginx ({NGINX_CONF.name}): worker_processes 1, proxy_cache on disk (so from the page cache), "
-          "sendfile on, tcp_nopush off (see the config), keep-alive to the origin.")
+          "sendfile on (but for the one with sendfile off), tcp_nopush off (see the config), keep-alive to the origin.")
     print(textwrap.fill(VARNISH_NOTE, width=110))
     print("The edge and the bare app: one process each; granian with one runtime thread, as `cdn edge --server "
           "granian` runs it.")
@@ -562,7 +585,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"smoke run: one round of {QUICK_DURATION} s wrk runs, {QUICK_MISS_REQUESTS} misses")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of hit runs, reported as medians (default: 3)")
     parser.add_argument("--large", action="store_true",
-                        help=f"hits of a {LARGE.label} object too (the goals are for the others)")
+                        help=f"hits of a {LARGE.label} object too (the goals are for the others), and an edge "
+                             "with sendfile off")
     parser.add_argument("--miss", action="store_true",
                         help=f"instead of hits, the latency the edge adds to a miss ({MISS_REQUESTS} unique URLs)")
     args = parser.parse_args(argv)
@@ -595,8 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 ensure_programs(list(PACKAGES))
                 duration, rounds = (QUICK_DURATION, 1) if args.quick else (args.duration, args.rounds)
-                objects = (*OBJECTS, LARGE) if args.large else OBJECTS
-                report_hits(measure_hits(duration, rounds, Path(scratch), objects), duration, rounds, load_at_start)
+                objects, targets = (OBJECTS, TARGETS)
+                if args.large:
+                    objects, targets = (*OBJECTS, LARGE), (*TARGETS, EDGE_COPYING)
+                runs = measure_hits(duration, rounds, Path(scratch), objects, targets)
+                report_hits(runs, targets, duration, rounds, load_at_start)
     except (BenchError, ServiceStartError) as exc:
         print(f"hit_bench: {exc}", file=sys.stderr)
         return 1
