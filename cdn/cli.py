@@ -11,10 +11,8 @@ import argparse
 import gc
 import importlib
 import json
-import os
 import shutil
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Callable
@@ -120,7 +118,7 @@ def serve(service: str, make_app: Callable[[Any], Any], settings: Any, app: Any 
         return 0
 
     sock = serving.bind(settings.host, settings.port)
-    shared = tempfile.mkdtemp(prefix=f"cdn-{service}-workers-{os.getpid()}-")  # see cdn.worker_metrics
+    shared = worker_metrics.make_folder(service)
 
     def run_worker(number: int, sock: Any) -> None:
         worker_metrics.become_worker(shared, number)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +30,37 @@ from prometheus_client.registry import Collector
 
 SNAPSHOT_EVERY = 1.0  # seconds between a worker's snapshots of its metrics
 SNAPSHOT_STALE = 5.0  # a snapshot not renewed for this long is a dead worker's: not served
+FOLDER_ABANDONED = 60.0  # seconds untouched after which a dead supervisor's folder is removed (`make_folder`)
 
 log = logging.getLogger("cdn.metrics")
+
+
+def make_folder(service: str) -> str:
+    """A new folder for the workers of `service`, named after this supervisor. Folders that supervisors no longer
+    running left (one killed with SIGKILL cannot remove its own) are removed first, once nothing in them has
+    changed for FOLDER_ABANDONED seconds: a live supervisor's workers renew their snapshots every second, even
+    where its process id means another process here (a /tmp shared between PID namespaces)."""
+    prefix = f"cdn-{service}-workers-"
+    now = time.time()
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = folder.name.removeprefix(prefix).partition("-")[0]
+        try:
+            if (pid.isdigit() and not _running(int(pid))
+                    and all(now - path.stat().st_mtime > FOLDER_ABANDONED for path in [folder, *folder.iterdir()])):
+                shutil.rmtree(folder)
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 @dataclass(frozen=True)

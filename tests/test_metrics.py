@@ -6,6 +6,8 @@ import gc
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -233,6 +235,32 @@ def test_a_worker_leaves_its_metrics_while_it_runs_and_takes_them_away_when_it_s
         eventually(lambda: (tmp_path / "eu-1.0.prom").exists())
         assert "cdn_edge_requests_total" in (tmp_path / "eu-1.0.prom").read_text()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_supervisor_removes_the_folders_of_dead_supervisors_but_not_of_running_or_recent_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A supervisor killed with SIGKILL cannot remove its workers' folder: the next one started does.
+    monkeypatch.setattr(worker_metrics.tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    long_ago = time.time() - 2 * worker_metrics.FOLDER_ABANDONED
+
+    def folder(name: str, touched: float) -> Path:
+        made = tmp_path / name
+        made.mkdir()
+        (made / "eu-1.0.prom").write_text("")
+        for path in (made / "eu-1.0.prom", made):
+            os.utime(path, (touched, touched))
+        return made
+
+    abandoned = folder(f"cdn-edge-workers-{dead_pid}-abc", long_ago)
+    recent = folder(f"cdn-edge-workers-{dead_pid}-def", time.time())  # its pid may be another namespace's
+    running = folder(f"cdn-edge-workers-{os.getpid()}-ghi", long_ago)
+    other_service = folder(f"cdn-router-workers-{dead_pid}-jkl", long_ago)
+    made = Path(worker_metrics.make_folder("edge"))
+    assert made.parent == tmp_path and made.name.startswith(f"cdn-edge-workers-{os.getpid()}-")
+    assert not abandoned.exists()
+    assert recent.exists() and running.exists() and other_service.exists()
 
 
 def test_an_edge_stops_watching_garbage_collections_when_it_stops() -> None:
