@@ -544,30 +544,34 @@ def measure_apply(rounds: int) -> dict[str, list[float]]:
     for round_no in range(1, rounds + 1):
         print(f"  apply round {round_no}/{rounds} ...", file=sys.stderr, flush=True)
         for name, operation in PURGE_OPERATIONS.items():
-            store, entries = new_store(), make_entries(OBJECTS, tagged=True)
-            fill_seconds, _ = timed(lambda: sum(store.put(e) for e in entries))
-            if len(store) != OBJECTS:
-                raise BenchError(f"the store kept {len(store)} of {OBJECTS} entries")
-            seconds, purged = timed(lambda: operation(store))
-            if purged != OBJECTS:
-                raise BenchError(f"{name} purged {purged} of {OBJECTS} entries")
-            times["fill"].append(fill_seconds)
-            times[name].append(seconds)
-            if name.endswith("hard"):
-                # The entries leave in background steps of 1,000 (the edge's sweeper): the whole
-                # work, and the longest the event loop is held by one step.
-                steps = []
-                while True:
-                    step, _ = timed(lambda: int(store.sweep(1000)))
-                    steps.append(step)
-                    if not store._to_sweep:
-                        break
-                if len(store) != 1 and len(store) != 0:
-                    raise BenchError(f"the sweep left {len(store)} entries")
-                times.setdefault(f"{name}: sweep, all steps", []).append(sum(steps))
-                times.setdefault(f"{name}: sweep, longest step", []).append(max(steps))
-            del store, entries
+            apply_once(name, operation, times)
     return times
+
+
+def apply_once(name: str, operation: Callable[[Store], int], times: dict[str, list[float]]) -> None:
+    """Fill a fresh store, time `operation` on it (and, for a hard purge, the sweep after it), add to `times`."""
+    store, entries = new_store(), make_entries(OBJECTS, tagged=True)
+    fill_seconds, _ = timed(lambda: sum(store.put(e) for e in entries))
+    if len(store) != OBJECTS:
+        raise BenchError(f"the store kept {len(store)} of {OBJECTS} entries")
+    seconds, purged = timed(lambda: operation(store))
+    if purged != OBJECTS:
+        raise BenchError(f"{name} purged {purged} of {OBJECTS} entries")
+    times["fill"].append(fill_seconds)
+    times[name].append(seconds)
+    if name.endswith("hard"):
+        # The entries leave in background steps of 1,000 (the edge's sweeper): the whole
+        # work, and the longest the event loop is held by one step.
+        steps = []
+        while True:
+            step, _ = timed(lambda: int(store.sweep(1000)))
+            steps.append(step)
+            if not store._to_sweep:
+                break
+        if len(store) != 1 and len(store) != 0:
+            raise BenchError(f"the sweep left {len(store)} entries")
+        times.setdefault(f"{name}: sweep, all steps", []).append(sum(steps))
+        times.setdefault(f"{name}: sweep, longest step", []).append(max(steps))
 
 
 # -- 4. the tag index's memory ---------------------------------------------------------

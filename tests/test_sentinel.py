@@ -20,7 +20,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 
 from balancer.router_settings import RouterSettings
 from cdn.config import ServiceSettings, SettingsError, load_settings
-from cdn.redis_url import SentinelUrl, check_redis_url, parse_sentinel_url, redis_from_url
+from cdn.redis_url import SentinelUrl, check_redis_url, parse_sentinel_url
 from edge.app import create_app as create_edge
 from edge.settings import EdgeSettings
 from edge.shield.fleet import FleetLimiter
