@@ -38,8 +38,8 @@ log = logging.getLogger("cdn.metrics")
 def make_folder(service: str) -> str:
     """A new folder for the workers of `service`, named after this supervisor. Folders that supervisors no longer
     running left (one killed with SIGKILL cannot remove its own) are removed first, once nothing in them has
-    changed for FOLDER_ABANDONED seconds: a live supervisor's workers renew their snapshots every second, even
-    where its process id means another process here (a /tmp shared between PID namespaces)."""
+    changed for FOLDER_ABANDONED seconds: the workers of a supervisor whose process id means nothing here (in
+    another PID namespace sharing /tmp) renew their snapshots every second, which keeps its folder."""
     prefix = f"cdn-{service}-workers-"
     now = time.time()
     for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
