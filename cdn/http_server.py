@@ -104,9 +104,9 @@ class Refused(Exception):
 
 class BodyFile:
     """A response body held also in an in-memory file (memfd), which the server sends with sendfile(2):
-    the kernel hands the file's pages to the socket, where writing `data` copies it there first (on
-    loopback a fifth of what a 100 KiB answer costs the server). The file is closed when the object goes;
-    pages still on their way to a client stay until sent. OSError: no file could be made."""
+    the kernel hands the file's pages to the socket, where writing `data` copies it there first (which
+    costs more for large bodies: the README says from what size). The file is closed when the object
+    goes; pages still on their way to a client stay until sent. OSError: no file could be made."""
 
     __slots__ = ("data", "fd")
 

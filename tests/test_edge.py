@@ -77,7 +77,8 @@ def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, mon
     # nothing but sends the request down the full path: both must give the same answer.
     sent_from_files: list[int] = []
     real_sendfile = os.sendfile
-    monkeypatch.setattr(os, "sendfile", lambda *args: sent_from_files.append(real_sendfile(*args)) or sent_from_files[-1])
+    monkeypatch.setattr(os, "sendfile",
+                        lambda *args: sent_from_files.append(real_sendfile(*args)) or sent_from_files[-1])
     rig.origin.route("/same", Answer(status=status, headers=[("Cache-Control", "max-age=600"), ("ETag", '"v"')],
                                      body=os.urandom(size)))
     rig.get("/same")
@@ -716,7 +717,8 @@ def test_large_bodies_are_answered_from_files_within_the_edge_s_budget(monkeypat
     second = body_answered(edge, "/f")
     assert isinstance(second, BodyFile) and second.data == b"b" * size and first.fd == -1 and edge.file_bytes == size
     hold("/f", b"c" * (size - 1))  # below FILED_FROM: from memory, and the budget is free again
-    assert body_answered(edge, "/f") == b"c" * (size - 1) and second.fd == -1 and (edge.file_bytes, edge.files) == (0, 0)
+    assert body_answered(edge, "/f") == b"c" * (size - 1) and second.fd == -1
+    assert (edge.file_bytes, edge.files) == (0, 0)
 
 
 def test_the_files_of_bodies_no_longer_stored_go_to_bodies_served_now() -> None:

@@ -6,14 +6,14 @@ script reads the clock of the Redis server, so edges' clocks do not matter,
 and keeps each counter's TAT under a PX expiry that ends when the counter is
 idle again (given a clock of the caller's instead, as tests do, a minute
 later: Redis expires keys by its own clock, and a counter that expired early
-would admit more than the limit). A decision made while no other is out is sent at once; those that
-arrive while one is out go together as one pipeline, which changes no answer:
-every decision is still atomic in Redis. A refusal is remembered until its
-retry-after, measured from before the request was sent, so it ends no later
-than Redis' own, and the key's later requests are refused without a round
-trip. A decision that gets no answer within `timeout` falls back to the
-caller; a failure opens the circuit and Redis is not tried for
-`circuit_break` seconds.
+would admit more than the limit). A decision made while no other is out is
+sent at once; those that arrive while one is out go together as one
+pipeline, which changes no answer: every decision is still atomic in Redis.
+A refusal is remembered until its retry-after, measured from before the
+request was sent, so it ends no later than Redis' own, and the key's later
+requests are refused without a round trip. A decision that gets no answer
+within `timeout` falls back to the caller; a failure opens the circuit and
+Redis is not tried for `circuit_break` seconds.
 """
 
 from __future__ import annotations
