@@ -39,7 +39,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bytes_origin import path_for  # noqa: E402
+from benchmarks.bytes_origin import MAX_SIZE, path_for  # noqa: E402
 from benchmarks.processes import HOST, Service, ServiceStartError, free_port, spawn, wait_until_listening  # noqa: E402
 
 NGINX_CONF = HERE / "hit_bench.nginx.conf"
@@ -71,7 +71,12 @@ class BenchObject:
 
 
 OBJECTS = (BenchObject("1 KiB", 1024), BenchObject("100 KiB", 100 * 1024))
-LARGE = BenchObject("1 MiB", 1024 * 1024)  # with --large: where sending from a file matters most
+LARGE_SIZE = 1024 * 1024  # --large's object by default: past `sendfile_from`, where the edge sends from a file
+
+
+def large_object(size: int) -> BenchObject:
+    """--large's object of `size` bytes, labelled in KiB or MiB."""
+    return BenchObject(f"{size // (1024 * 1024)} MiB" if size % (1024 * 1024) == 0 else f"{size / 1024:g} KiB", size)
 
 # (port, origin URL, scratch dir for config and logs) -> argv of a server in the foreground.
 Command = Callable[[int, str, Path], list[str]]
@@ -172,6 +177,11 @@ def edge_without_body_files(port: int, origin: str, scratch: Path) -> list[str]:
     return [*edge(port, origin, scratch), "--sendfile-bytes", "0"]
 
 
+def edge_with_body_files_only(port: int, origin: str, scratch: Path) -> list[str]:
+    """The same edge sending every body it can from a file, however small: what copying does for a hit."""
+    return [*edge(port, origin, scratch), "--sendfile-from", "1"]
+
+
 # The shield's default origin rule (20 origin-bound requests/s per client IP) would refuse `--miss`'s
 # unique URLs with 429; with its limit out of reach, the shield's decision stays on the miss path.
 MISS_SHIELD = '{"rules": [{"name": "origin", "key": ["ip"], "scope": "origin", "rate": 1000000, "burst": 1000000}]}'
@@ -236,9 +246,13 @@ TARGETS = (
     Target("bare ASGI, granian", bare_asgi_on_granian, server="granian"),
     EDGE_GRANIAN,
 )
-# With --large: the edge sending no body from a file, what sendfile(2) does for a body past FILED_FROM.
-EDGE_COPYING = Target("edge, uvicorn, sendfile off", edge_without_body_files, is_hit=edge_hit, server="uvicorn",
-                      cached=True)
+# With --large: the edge sending no body from a file, and every body from one: what sendfile(2) does for each
+# size (the edge as shipped sends from `sendfile_from` on from a file).
+EDGE_SENDFILE_TARGETS = (
+    Target("edge, uvicorn, sendfile off", edge_without_body_files, is_hit=edge_hit, server="uvicorn", cached=True),
+    Target("edge, uvicorn, sendfile always", edge_with_body_files_only, is_hit=edge_hit, server="uvicorn",
+           cached=True),
+)
 GOAL_EDGES = (EDGE, EDGE_GRANIAN)  # the edges as shipped (shield on), one per server
 
 VARNISH_NOTE = (
@@ -584,14 +598,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     length.add_argument("--quick", action="store_true",
                         help=f"smoke run: one round of {QUICK_DURATION} s wrk runs, {QUICK_MISS_REQUESTS} misses")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of hit runs, reported as medians (default: 3)")
-    parser.add_argument("--large", action="store_true",
-                        help=f"hits of a {LARGE.label} object too (the goals are for the others), and an edge "
-                             "with sendfile off")
+    parser.add_argument("--large", type=int, nargs="?", const=LARGE_SIZE, metavar="BYTES",
+                        help=f"hits of a larger object too (default {LARGE_SIZE} bytes; the goals are for the "
+                             "others), and edges with sendfile off and always on")
     parser.add_argument("--miss", action="store_true",
                         help=f"instead of hits, the latency the edge adds to a miss ({MISS_REQUESTS} unique URLs)")
     args = parser.parse_args(argv)
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration and --rounds must be at least 1")
+    if args.large is not None and not OBJECTS[-1].size < args.large <= MAX_SIZE:
+        parser.error(f"--large takes a size above {OBJECTS[-1].size} bytes and at most {MAX_SIZE}")
     return args
 
 
@@ -621,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 duration, rounds = (QUICK_DURATION, 1) if args.quick else (args.duration, args.rounds)
                 objects, targets = (OBJECTS, TARGETS)
                 if args.large:
-                    objects, targets = (*OBJECTS, LARGE), (*TARGETS, EDGE_COPYING)
+                    objects, targets = (*OBJECTS, large_object(args.large)), (*TARGETS, *EDGE_SENDFILE_TARGETS)
                 runs = measure_hits(duration, rounds, Path(scratch), objects, targets)
                 report_hits(runs, targets, duration, rounds, load_at_start)
     except (BenchError, ServiceStartError) as exc:

@@ -93,7 +93,6 @@ HIT_KEYS = 4096  # (Host, target) -> cache key, remembered for the fast hit path
 HIT_KEY_BYTES = 1024  # the longest Host and target together remembered (4,096 of them: a few MiB at most)
 AGE_CAP = 2**31  # the largest Age sent (RFC 9111 §1.2.2)
 COOKED = 1024  # entries whose delivery fields the fast hit path keeps read as pairs (the last ones hit)
-FILED_FROM = 512 * 1024  # bodies at least this large that the fast path sends from a file (`BodyFile`); see the README
 FILES = 256  # the most files held at once (each a file descriptor)
 FILES_CHECKED_EVERY = 1.0  # seconds between looks for files of bodies no longer stored (`share_files`)
 
@@ -245,7 +244,7 @@ class Cooked:
     """An entry's delivery fields read once for the fast hit path (`Edge.cook`): as pairs with its Content-Length,
     and, when they and the fields a hit adds passed `fields_checked`, as the lines of a response head, with
     the lines a hit adds (Age, Cache-Status, X-Served-By) for the age and time to live they were made for;
-    then a body of FILED_FROM bytes or more may be held in a file too, which the server sends with sendfile."""
+    then a body of `sendfile_from` bytes or more may be held in a file too, which the server sends with sendfile."""
 
     __slots__ = ("source", "length", "fields", "lines", "age", "ttl", "head", "file")
 
@@ -302,6 +301,7 @@ class Edge:
         self._cooked: dict[str, Cooked] = {}  # key -> cook(key, entry)
         self.file_bytes = 0  # bytes of the bodies `_cooked` holds in files (`BodyFile`), at most:
         self.file_budget = min(settings.sendfile_bytes, settings.cache_size // 16)
+        self.file_from = settings.sendfile_from  # the smallest body held in a file
         self.files = 0  # how many (at most FILES)
         # An upstream edge's X-Served-By is replaced by ours; targeted and tag fields are for caches only.
         self._strip = {"x-served-by", *(rfc.TARGETED_FIELDS + rfc.TAG_FIELDS if settings.strip_surrogate_headers else ())}
@@ -601,7 +601,7 @@ class Edge:
     def give_file(self, cooked: Cooked, body: bytes) -> None:
         """Hold a large `body` in a file for `cooked` (whose lines the server writes), while the budget allows."""
         size = len(body)
-        if (cooked.lines is None or size < FILED_FROM or self.file_bytes + size > self.file_budget
+        if (cooked.lines is None or size < self.file_from or self.file_bytes + size > self.file_budget
                 or self.files >= FILES):
             return
         try:
@@ -630,7 +630,7 @@ class Edge:
                     if cooked.file is not None and getattr(stored(key), "body", None) is not cooked.file.data]:
             self.uncook(key)
         for key, cooked in reversed(self._cooked.items()):
-            if self.files >= FILES or self.file_bytes + FILED_FROM > self.file_budget:
+            if self.files >= FILES or self.file_bytes + self.file_from > self.file_budget:
                 break
             entry = stored(key)
             if cooked.file is None and entry is not None and cooked.source is entry.fields:

@@ -22,6 +22,7 @@ from edge.settings import EdgeSettings
 from tests.scripted_origin import Answer, ScriptedOrigin
 from tests.servers import ThreadServer, free_port
 
+FILED_FROM = EdgeSettings.model_fields["sendfile_from"].default  # the smallest body a fast hit sends from a file
 FRESH = [("Cache-Control", "max-age=3600")]
 
 
@@ -70,7 +71,7 @@ def test_miss_then_hit_serves_from_cache_with_age_and_cache_status(rig: Rig) -> 
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-@pytest.mark.parametrize(("status", "size"), [(200, 8), (404, 8), (200, app_module.FILED_FROM + 1)])
+@pytest.mark.parametrize(("status", "size"), [(200, 8), (404, 8), (200, FILED_FROM + 1)])
 def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, monkeypatch: pytest.MonkeyPatch,
                                                                    method: str, status: int, size: int) -> None:
     # A plain request takes the edge's fast hit path; a CDN-Loop field naming another edge changes
@@ -84,7 +85,7 @@ def test_a_plain_hit_answers_exactly_as_the_full_request_path_does(rig: Rig, mon
     rig.get("/same")
     plain = rig.client.request(method, rig.url + "/same")
     assert rig.edge.counters["hit_while_parsing"] == 1  # answered by the server as it parsed the request
-    large = size >= app_module.FILED_FROM
+    large = size >= FILED_FROM
     assert rig.edge.file_bytes == (size if large else 0)  # a large body is held in a file, and sent from it
     assert sum(sent_from_files) == (size if large and method == "GET" else 0)
     full = rig.client.request(method, rig.url + "/same", headers={"CDN-Loop": "another-edge"})
@@ -703,7 +704,7 @@ def body_answered(edge: Edge, path: str) -> bytes | BodyFile:
 @pytest.mark.parametrize("limit", ["bytes", "files"])
 def test_large_bodies_are_answered_from_files_within_the_edge_s_budget(monkeypatch: pytest.MonkeyPatch,
                                                                        limit: str) -> None:
-    size = app_module.FILED_FROM
+    size = FILED_FROM
     if limit == "files":
         monkeypatch.setattr(app_module, "FILES", 1)
     edge = edge_holding([], body=b"a" * size, sendfile_bytes=size if limit == "bytes" else 4 * size)
@@ -721,8 +722,14 @@ def test_large_bodies_are_answered_from_files_within_the_edge_s_budget(monkeypat
     assert (edge.file_bytes, edge.files) == (0, 0)
 
 
+@pytest.mark.parametrize("sendfile_from", [1000, 1001])
+def test_sendfile_from_is_the_smallest_body_answered_from_a_file(sendfile_from: int) -> None:
+    edge = edge_holding([], body=b"a" * 1000, sendfile_from=sendfile_from)
+    assert isinstance(body_answered(edge, "/f"), BodyFile) == (sendfile_from <= 1000)
+
+
 def test_the_files_of_bodies_no_longer_stored_go_to_bodies_served_now() -> None:
-    size = app_module.FILED_FROM
+    size = FILED_FROM
     edge = edge_holding([], body=b"a" * size, sendfile_bytes=size)
     holding_more(edge)("/g", b"g" * size)
     first = body_answered(edge, "/f")
@@ -731,14 +738,14 @@ def test_the_files_of_bodies_no_longer_stored_go_to_bodies_served_now() -> None:
     assert first.fd >= 0  # still stored: kept
     assert edge.store.delete("127.0.0.1/f")  # purged, say, and not asked for since
     edge.share_files()
-    assert first.fd == -1 and edge.file_bytes == app_module.FILED_FROM  # now /g's
+    assert first.fd == -1 and edge.file_bytes == FILED_FROM  # now /g's
     assert isinstance(body_answered(edge, "/g"), BodyFile)
 
 
 def test_a_running_edge_closes_the_file_of_a_body_it_no_longer_stores(rig: Rig) -> None:
-    rig.origin.route("/big", Answer(headers=[("Cache-Control", "max-age=600")], body=b"b" * app_module.FILED_FROM))
+    rig.origin.route("/big", Answer(headers=[("Cache-Control", "max-age=600")], body=b"b" * FILED_FROM))
     rig.get("/big")
-    assert rig.get("/big").content == b"b" * app_module.FILED_FROM and rig.edge.files == 1
+    assert rig.get("/big").content == b"b" * FILED_FROM and rig.edge.files == 1
     host = rig.url.removeprefix("http://")
     assert rig.edge.store.delete(host + "/big")  # gone without a request for it since (a purge, an eviction)
     deadline = time.monotonic() + 5 * app_module.FILES_CHECKED_EVERY
@@ -752,8 +759,8 @@ def test_a_body_with_no_file_is_answered_from_memory(monkeypatch: pytest.MonkeyP
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(os, "memfd_create", no_memfd)
-    edge = edge_holding([], body=b"a" * app_module.FILED_FROM)
-    assert body_answered(edge, "/f") == b"a" * app_module.FILED_FROM
+    edge = edge_holding([], body=b"a" * FILED_FROM)
+    assert body_answered(edge, "/f") == b"a" * FILED_FROM
     assert edge.counters["body_file_failed"] == 1 and edge.file_bytes == 0
 
 
